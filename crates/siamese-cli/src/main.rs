@@ -1,0 +1,2 @@
+//! The `siamese-cli` binary: parses arguments and wires the library crates together.
+fn main() {}

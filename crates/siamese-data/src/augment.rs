@@ -1,0 +1,1 @@
+//! Koch et al.'s affine distortions (filled in by the augmentation work).

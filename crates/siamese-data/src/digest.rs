@@ -1,0 +1,1 @@
+//! Content digests of extracted sets (filled in by the fetch work).

@@ -1,0 +1,1 @@
+//! Download, verification and extraction of the Omniglot archives (filled in by the fetch work).

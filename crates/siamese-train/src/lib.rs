@@ -1,0 +1,5 @@
+//! Training of the siamese network: Koch's layer-wise SGD schedule and Adam, on
+//! sampled pairs or on all pairs of a batch, with validation by one-shot evaluation,
+//! early stopping and resumable runs.
+//!
+//! It is filled in by the training issue.
