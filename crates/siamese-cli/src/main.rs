@@ -1,2 +1,71 @@
 //! The `siamese-cli` binary: parses arguments and wires the library crates together.
-fn main() {}
+//! All the work happens in `siamese-data`, `siamese-model`, `siamese-train` and
+//! `siamese-eval`.
+
+mod bench;
+mod data_source;
+mod info;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// One-shot image recognition with siamese networks (Koch et al., 2015) on Omniglot.
+#[derive(Debug, Parser)]
+#[command(name = "siamese-cli", version, propagate_version = true)]
+struct Cli {
+    /// Print only warnings and errors (no progress bars).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show what a split holds: alphabets, characters and images of each part.
+    Data(info::DataArgs),
+    /// Measure throughput (one JSON line with --json).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let progress = !cli.quiet;
+    match cli.command {
+        Command::Data(args) => info::run(&args, progress),
+        Command::Bench(cmd) => bench::run(&cmd, progress),
+    }
+}
+
+/// Logs go to stderr so that stdout carries only results (tables, JSON).
+fn init_logging(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_env("SIAMESE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+}

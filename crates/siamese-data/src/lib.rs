@@ -17,8 +17,25 @@ mod error;
 #[cfg(feature = "fetch")]
 pub mod fetch;
 pub mod image;
+pub mod index;
+pub mod lake;
+pub mod sample;
 pub mod sets;
+pub mod split;
+pub mod tensor;
 
 pub use error::DataError;
 pub use image::GrayImage;
+pub use index::{Dataset, DatasetIndex};
 pub use sets::{MIRROR_ENV, OFFICIAL_BASE_URL, OmniglotSet};
+pub use split::{Part, SplitName};
+
+/// The random number generator of every sampler and distortion: ChaCha8, seeded,
+/// identical on every platform.
+pub type SeededRng = rand_chacha::ChaCha8Rng;
+
+/// A [`SeededRng`] from a 64-bit seed.
+pub fn seeded_rng(seed: u64) -> SeededRng {
+    use rand::SeedableRng;
+    SeededRng::seed_from_u64(seed)
+}

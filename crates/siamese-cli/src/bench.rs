@@ -1,0 +1,117 @@
+//! `bench`: throughput measurements, printed as a table or one JSON line.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use siamese_data::augment::{KochDistortion, augment_images_per_s};
+use siamese_data::{DatasetIndex, GrayImage, OmniglotSet};
+
+use crate::data_source::DataSourceArgs;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Decoding all 32,460 PNGs of both image sets, and Koch's distortions.
+    Data(BenchDataArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDataArgs {
+    #[command(flatten)]
+    pub source: DataSourceArgs,
+    /// Threads for decoding and distortions [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Minimum seconds to spend timing the distortions.
+    #[arg(long, default_value_t = 3.0)]
+    pub augment_seconds: f64,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct DataBench {
+    bench: &'static str,
+    threads: usize,
+    images: usize,
+    scan_s: f64,
+    decode_s: f64,
+    decode_images_per_s: f64,
+    augment_images: usize,
+    augment_images_per_s: f64,
+}
+
+pub fn run(cmd: &BenchCommand, progress: bool) -> Result<()> {
+    match cmd {
+        BenchCommand::Data(args) => bench_data(args, progress),
+    }
+}
+
+fn bench_data(args: &BenchDataArgs, progress: bool) -> Result<()> {
+    let sets = [OmniglotSet::Background, OmniglotSet::Evaluation];
+    args.source.ensure(&sets, progress)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.unwrap_or(0))
+        .build()
+        .context("starting the thread pool")?;
+    let report = pool.install(|| -> Result<DataBench> {
+        let scan_start = Instant::now();
+        let indexes = sets
+            .iter()
+            .map(|s| DatasetIndex::scan(&args.source.data.join(s.folder())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scan_s = scan_start.elapsed().as_secs_f64();
+
+        // One untimed pass so that the timed one reads from the page cache, as a
+        // repeated training run would.
+        tracing::info!("decoding both image sets (one warm-up pass, one timed)");
+        for idx in &indexes {
+            drop(idx.clone().load()?);
+        }
+        let decode_start = Instant::now();
+        let loaded = indexes
+            .into_iter()
+            .map(|idx| idx.load())
+            .collect::<Result<Vec<_>, _>>()?;
+        let decode_s = decode_start.elapsed().as_secs_f64();
+        let images: Vec<&GrayImage> = loaded.iter().flat_map(|d| d.images()).collect();
+
+        tracing::info!("timing Koch's distortions for {:.1} s", args.augment_seconds);
+        let background = loaded[0].images().iter().collect::<Vec<_>>();
+        let augment = augment_images_per_s(
+            &background,
+            &KochDistortion::default(),
+            Duration::from_secs_f64(args.augment_seconds),
+        );
+        Ok(DataBench {
+            bench: "data",
+            threads: rayon::current_num_threads(),
+            images: images.len(),
+            scan_s,
+            decode_s,
+            decode_images_per_s: images.len() as f64 / decode_s,
+            augment_images: background.len(),
+            augment_images_per_s: augment,
+        })
+    })?;
+    print_report(&report, args.json)
+}
+
+fn print_report(report: &DataBench, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "threads               {}", report.threads)?;
+        writeln!(out, "images decoded        {}", report.images)?;
+        writeln!(out, "index scan            {:.3} s", report.scan_s)?;
+        writeln!(out, "decode                {:.3} s", report.decode_s)?;
+        writeln!(out, "decode_images_per_s   {:.0}", report.decode_images_per_s)?;
+        writeln!(out, "augment_images_per_s  {:.0}", report.augment_images_per_s)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,547 @@
+//! Seeded samplers: same/different pairs, Koch's fixed training sets, K×M class
+//! batches, and N-way k-shot one-shot tasks (including Koch's within-alphabet
+//! construction).
+//!
+//! Every sampler draws from the `rng` it is given and from nothing else, so a seed
+//! reproduces its output exactly. All indices are positions in
+//! [`DatasetIndex::images`] (and so in [`crate::Dataset::images`]).
+
+use rand::Rng;
+use rand::seq::{IndexedRandom, SliceRandom};
+use serde::{Deserialize, Serialize};
+
+use crate::DataError;
+use crate::index::DatasetIndex;
+
+/// Where the second image of a "different" pair comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NegativeFrom {
+    /// Another character of the same alphabet: the hard negatives of the one-shot
+    /// tasks, and Koch's choice.
+    #[default]
+    SameAlphabet,
+    /// Any other character.
+    AnyAlphabet,
+}
+
+/// Two images and whether they show the same character.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pair {
+    pub a: usize,
+    pub b: usize,
+    pub same: bool,
+}
+
+/// A pair of a fixed training set, with the seed of its distortions (`None` for the
+/// undistorted original).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PairEntry {
+    pub pair: Pair,
+    pub distortion_seed: Option<u64>,
+}
+
+/// Draws `n` pairs, alternately same and different (so ⌈n/2⌉ same), in random
+/// order. Same pairs are two distinct images of a character drawn uniformly among
+/// those with at least two images.
+pub fn sample_pairs(
+    index: &DatasetIndex,
+    n: usize,
+    negatives: NegativeFrom,
+    rng: &mut impl Rng,
+) -> Result<Vec<Pair>, DataError> {
+    let chars = PairPool::new(index, (0..index.characters().len()).collect(), negatives)?;
+    let mut pairs: Vec<Pair> = (0..n)
+        .map(|i| chars.draw(index, i % 2 == 0, rng))
+        .collect();
+    pairs.shuffle(rng);
+    Ok(pairs)
+}
+
+/// Koch et al.'s fixed training set: `base_pairs` pairs with (as near as integers
+/// allow) the same count from every alphabet, half same and half different within
+/// each alphabet, then `distorted_copies` more copies of each pair, each copy with its
+/// own distortion seed. Copy 0 of each pair is undistorted; the result holds
+/// `base_pairs × (1 + distorted_copies)` entries, grouped by pair. Koch used 30k,
+/// 90k and 150k base pairs with 8 distorted copies.
+pub fn koch_pair_set(
+    index: &DatasetIndex,
+    base_pairs: usize,
+    distorted_copies: usize,
+    negatives: NegativeFrom,
+    rng: &mut impl Rng,
+) -> Result<Vec<PairEntry>, DataError> {
+    let alphabets = index.alphabets();
+    let mut entries = Vec::with_capacity(base_pairs * (1 + distorted_copies));
+    for (a, alphabet) in alphabets.iter().enumerate() {
+        let share = base_pairs / alphabets.len() + usize::from(a < base_pairs % alphabets.len());
+        let pool = PairPool::new(index, alphabet.characters.clone().collect(), negatives)?;
+        for i in 0..share {
+            let pair = pool.draw(index, i % 2 == 0, rng);
+            entries.push(PairEntry {
+                pair,
+                distortion_seed: None,
+            });
+            for _ in 0..distorted_copies {
+                entries.push(PairEntry {
+                    pair,
+                    distortion_seed: Some(rng.random()),
+                });
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Characters to draw pairs from, with what each needs checked up front.
+struct PairPool {
+    /// Characters with at least two images (for same pairs).
+    positives: Vec<usize>,
+    /// All characters of the pool (first images of different pairs).
+    all: Vec<usize>,
+    negatives: NegativeFrom,
+    /// For `SameAlphabet`: the characters of each alphabet.
+    by_alphabet: Vec<Vec<usize>>,
+}
+
+impl PairPool {
+    fn new(
+        index: &DatasetIndex,
+        characters: Vec<usize>,
+        negatives: NegativeFrom,
+    ) -> Result<Self, DataError> {
+        let positives: Vec<usize> = characters
+            .iter()
+            .copied()
+            .filter(|&c| index.images_of(c).len() >= 2)
+            .collect();
+        if positives.is_empty() {
+            return Err(DataError::Invalid(format!(
+                "cannot draw same pairs from {}: no character has two images",
+                index.root().display()
+            )));
+        }
+        let mut by_alphabet = vec![Vec::new(); index.alphabets().len()];
+        for &c in &characters {
+            by_alphabet[index.characters()[c].alphabet].push(c);
+        }
+        let all: Vec<usize> = match negatives {
+            // Only characters with a sibling in their alphabet can start a different pair.
+            NegativeFrom::SameAlphabet => characters
+                .iter()
+                .copied()
+                .filter(|&c| by_alphabet[index.characters()[c].alphabet].len() >= 2)
+                .collect(),
+            NegativeFrom::AnyAlphabet if characters.len() >= 2 => characters,
+            NegativeFrom::AnyAlphabet => Vec::new(),
+        };
+        if all.is_empty() {
+            return Err(DataError::Invalid(format!(
+                "cannot draw different pairs ({negatives:?}) from {}: too few characters",
+                index.root().display()
+            )));
+        }
+        Ok(PairPool {
+            positives,
+            all,
+            negatives,
+            by_alphabet,
+        })
+    }
+
+    fn draw(&self, index: &DatasetIndex, same: bool, rng: &mut impl Rng) -> Pair {
+        if same {
+            let c = *self.positives.choose(rng).expect("checked non-empty");
+            let r = index.images_of(c);
+            let i = rng.random_range(0..r.len());
+            let j = (i + rng.random_range(1..r.len())) % r.len();
+            return Pair {
+                a: r.start + i,
+                b: r.start + j,
+                same: true,
+            };
+        }
+        let c1 = *self.all.choose(rng).expect("checked non-empty");
+        let siblings: &[usize] = match self.negatives {
+            NegativeFrom::SameAlphabet => &self.by_alphabet[index.characters()[c1].alphabet],
+            NegativeFrom::AnyAlphabet => &self.all,
+        };
+        let c2 = loop {
+            let c = *siblings.choose(rng).expect("checked ≥ 2");
+            if c != c1 {
+                break c;
+            }
+        };
+        Pair {
+            a: rng.random_range(index.images_of(c1)),
+            b: rng.random_range(index.images_of(c2)),
+            same: false,
+        }
+    }
+}
+
+/// A batch of `k` characters × `m` images each, for objectives that score every pair
+/// in a batch. `images[i]` shows class `labels[i]` (0..k); classes are contiguous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassBatch {
+    pub images: Vec<usize>,
+    pub labels: Vec<usize>,
+    /// The character of each class.
+    pub characters: Vec<usize>,
+}
+
+/// Draws `k` distinct characters among those with at least `m` images, and `m`
+/// distinct images of each.
+pub fn sample_class_batch(
+    index: &DatasetIndex,
+    k: usize,
+    m: usize,
+    rng: &mut impl Rng,
+) -> Result<ClassBatch, DataError> {
+    let eligible: Vec<usize> = (0..index.characters().len())
+        .filter(|&c| index.images_of(c).len() >= m)
+        .collect();
+    if eligible.len() < k || m == 0 {
+        return Err(DataError::Invalid(format!(
+            "cannot draw {k} characters × {m} images: {} characters of {} have {m} images",
+            eligible.len(),
+            index.root().display()
+        )));
+    }
+    let characters: Vec<usize> = eligible.choose_multiple(rng, k).copied().collect();
+    let mut images = Vec::with_capacity(k * m);
+    let mut labels = Vec::with_capacity(k * m);
+    for (label, &c) in characters.iter().enumerate() {
+        let range: Vec<usize> = index.images_of(c).collect();
+        images.extend(range.choose_multiple(rng, m).copied());
+        labels.extend(std::iter::repeat_n(label, m));
+    }
+    Ok(ClassBatch {
+        images,
+        labels,
+        characters,
+    })
+}
+
+/// The shape of an N-way k-shot task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub way: usize,
+    pub shots: usize,
+    /// Candidates all from the query's alphabet (harder, and Lake's and Koch's
+    /// protocol) or from anywhere.
+    pub within_alphabet: bool,
+}
+
+/// One classification trial: a query image and `way` candidate classes with `shots`
+/// examples each; the answer is the position of the query's class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OneShotTask {
+    pub query: usize,
+    /// `support[class]` holds that class's `shots` example images.
+    pub support: Vec<Vec<usize>>,
+    /// The character of each class.
+    pub characters: Vec<usize>,
+    /// Position of the query's class in `support`, uniformly random.
+    pub answer: usize,
+}
+
+/// Draws `trials` independent N-way k-shot tasks. For each: an alphabet (when
+/// within-alphabet, uniformly among those with enough characters), `way` distinct
+/// characters with at least `shots + 1` images, `shots` examples per class, and a
+/// query that is another image of the class at a uniformly random position.
+pub fn sample_tasks(
+    index: &DatasetIndex,
+    spec: TaskSpec,
+    trials: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<OneShotTask>, DataError> {
+    if spec.way < 2 || spec.shots == 0 {
+        return Err(DataError::Invalid(format!(
+            "a task needs at least 2 classes and 1 shot (got {}-way {}-shot)",
+            spec.way, spec.shots
+        )));
+    }
+    let eligible = |chars: &mut dyn Iterator<Item = usize>| -> Vec<usize> {
+        chars
+            .filter(|&c| index.images_of(c).len() > spec.shots)
+            .collect()
+    };
+    let pools: Vec<Vec<usize>> = if spec.within_alphabet {
+        index
+            .alphabets()
+            .iter()
+            .map(|a| eligible(&mut a.characters.clone()))
+            .filter(|p| p.len() >= spec.way)
+            .collect()
+    } else {
+        vec![eligible(&mut (0..index.characters().len()))]
+            .into_iter()
+            .filter(|p| p.len() >= spec.way)
+            .collect()
+    };
+    if pools.is_empty() {
+        return Err(DataError::Invalid(format!(
+            "{}-way {}-shot tasks need {} characters with {} images{}; {} has none that fit",
+            spec.way,
+            spec.shots,
+            spec.way,
+            spec.shots + 1,
+            if spec.within_alphabet {
+                " in one alphabet"
+            } else {
+                ""
+            },
+            index.root().display()
+        )));
+    }
+    let mut tasks = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        let pool = pools.choose(rng).expect("checked non-empty");
+        let characters: Vec<usize> = pool.choose_multiple(rng, spec.way).copied().collect();
+        let answer = rng.random_range(0..spec.way);
+        let mut query = 0;
+        let support = characters
+            .iter()
+            .enumerate()
+            .map(|(class, &c)| {
+                let images: Vec<usize> = index.images_of(c).collect();
+                let take = spec.shots + usize::from(class == answer);
+                let mut chosen: Vec<usize> = images.choose_multiple(rng, take).copied().collect();
+                if class == answer {
+                    query = chosen.pop().expect("took shots + 1");
+                }
+                chosen
+            })
+            .collect();
+        tasks.push(OneShotTask {
+            query,
+            support,
+            characters,
+            answer,
+        });
+    }
+    Ok(tasks)
+}
+
+/// Koch et al.'s (and Lake et al.'s) within-alphabet construction: a run takes one
+/// alphabet, `way` of its characters and two distinct drawers; each of the first
+/// drawer's `way` images is classified against the second drawer's `way` images,
+/// giving `way` trials per run. Runs cycle through the alphabets in order (run r uses
+/// alphabet r mod count) with fresh characters and drawers each time, until `trials`
+/// trials are made (the last run is cut short if `trials` is not a multiple of
+/// `way`). Koch: 320 validation trials, 400 test trials (10 alphabets × 2 runs × 20).
+///
+/// The candidate order of a run is a random permutation, so the true class's position
+/// is uniformly random and each position is the answer once per run.
+pub fn koch_tasks(
+    index: &DatasetIndex,
+    way: usize,
+    trials: usize,
+    rng: &mut impl Rng,
+) -> Result<Vec<OneShotTask>, DataError> {
+    if way < 2 {
+        return Err(DataError::Invalid(format!(
+            "a task needs at least 2 classes (got {way})"
+        )));
+    }
+    let mut tasks = Vec::with_capacity(trials);
+    let mut run = 0;
+    while tasks.len() < trials {
+        let alphabet = &index.alphabets()[run % index.alphabets().len()];
+        run += 1;
+        let mut drawers: Vec<u8> = alphabet
+            .characters
+            .clone()
+            .flat_map(|c| index.images_of(c).map(|i| index.images()[i].drawer))
+            .collect();
+        drawers.sort_unstable();
+        drawers.dedup();
+        if drawers.len() < 2 {
+            return Err(DataError::Invalid(format!(
+                "alphabet {} has fewer than two drawers",
+                alphabet.name
+            )));
+        }
+        let picked: Vec<u8> = drawers.choose_multiple(rng, 2).copied().collect();
+        let (query_drawer, support_drawer) = (picked[0], picked[1]);
+        let both: Vec<(usize, usize, usize)> = alphabet
+            .characters
+            .clone()
+            .filter_map(|c| {
+                Some((
+                    c,
+                    index.image_by(c, query_drawer)?,
+                    index.image_by(c, support_drawer)?,
+                ))
+            })
+            .collect();
+        if both.len() < way {
+            return Err(DataError::Invalid(format!(
+                "alphabet {} has {} characters drawn by both drawers {query_drawer} and {support_drawer}; a {way}-way run needs {way}",
+                alphabet.name,
+                both.len()
+            )));
+        }
+        // `choose_multiple` returns its picks in random order: that order is the
+        // candidates' positions.
+        let chosen: Vec<(usize, usize, usize)> = both.choose_multiple(rng, way).copied().collect();
+        let characters: Vec<usize> = chosen.iter().map(|t| t.0).collect();
+        let support: Vec<Vec<usize>> = chosen.iter().map(|t| vec![t.2]).collect();
+        let mut order: Vec<usize> = (0..way).collect();
+        order.shuffle(rng);
+        for answer in order {
+            if tasks.len() == trials {
+                break;
+            }
+            tasks.push(OneShotTask {
+                query: chosen[answer].1,
+                support: support.clone(),
+                characters: characters.clone(),
+                answer,
+            });
+        }
+    }
+    Ok(tasks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    /// 3 alphabets × 25 characters × 20 drawers.
+    fn omniglot_like() -> DatasetIndex {
+        let chars = vec![(1..=20).collect::<Vec<u8>>(); 25];
+        DatasetIndex::synthetic(&[chars.clone(), chars.clone(), chars])
+    }
+
+    #[test]
+    fn pairs_are_balanced_and_correct() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for negatives in [NegativeFrom::SameAlphabet, NegativeFrom::AnyAlphabet] {
+            let pairs = sample_pairs(&idx, 1001, negatives, &mut rng).unwrap();
+            assert_eq!(pairs.iter().filter(|p| p.same).count(), 501);
+            let mut cross = 0;
+            for p in &pairs {
+                let (ca, cb) = (idx.images()[p.a].character, idx.images()[p.b].character);
+                assert_eq!(p.same, ca == cb);
+                assert_ne!(p.a, p.b);
+                let (aa, ab) = (idx.characters()[ca].alphabet, idx.characters()[cb].alphabet);
+                cross += usize::from(aa != ab);
+            }
+            match negatives {
+                NegativeFrom::SameAlphabet => assert_eq!(cross, 0),
+                // 2/3 of any-alphabet negatives cross alphabets.
+                NegativeFrom::AnyAlphabet => assert!(cross > 250, "{cross}"),
+            }
+        }
+    }
+
+    #[test]
+    fn samplers_are_reproducible() {
+        let idx = omniglot_like();
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (
+                sample_pairs(&idx, 50, NegativeFrom::SameAlphabet, &mut rng).unwrap(),
+                sample_tasks(&idx, TaskSpec { way: 5, shots: 2, within_alphabet: true }, 10, &mut rng)
+                    .unwrap(),
+            )
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn koch_pair_set_has_equal_counts_per_alphabet() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let set = koch_pair_set(&idx, 300, 8, NegativeFrom::SameAlphabet, &mut rng).unwrap();
+        assert_eq!(set.len(), 300 * 9);
+        let mut per_alphabet = [0usize; 3];
+        let mut seeds = std::collections::HashSet::new();
+        for chunk in set.chunks(9) {
+            assert_eq!(chunk[0].distortion_seed, None);
+            assert!(chunk.iter().all(|e| e.pair == chunk[0].pair));
+            for e in &chunk[1..] {
+                assert!(seeds.insert(e.distortion_seed.unwrap()));
+            }
+            let c = idx.images()[chunk[0].pair.a].character;
+            per_alphabet[idx.characters()[c].alphabet] += 1;
+        }
+        assert_eq!(per_alphabet, [100, 100, 100]);
+        let same = set.iter().filter(|e| e.pair.same).count();
+        assert_eq!(same, set.len() / 2);
+    }
+
+    #[test]
+    fn class_batches_hold_k_characters_of_m_images() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let b = sample_class_batch(&idx, 8, 4, &mut rng).unwrap();
+        assert_eq!(b.images.len(), 32);
+        let mut distinct = b.images.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 32);
+        for (&i, &l) in b.images.iter().zip(&b.labels) {
+            assert_eq!(idx.images()[i].character, b.characters[l]);
+        }
+        assert!(sample_class_batch(&idx, 8, 21, &mut rng).is_err());
+    }
+
+    #[test]
+    fn tasks_are_honest() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let spec = TaskSpec { way: 20, shots: 1, within_alphabet: true };
+        let tasks = sample_tasks(&idx, spec, 2000, &mut rng).unwrap();
+        let mut answer_hist = [0usize; 20];
+        for t in &tasks {
+            answer_hist[t.answer] += 1;
+            assert_eq!(idx.images()[t.query].character, t.characters[t.answer]);
+            let alphabet = idx.characters()[t.characters[0]].alphabet;
+            for (class, s) in t.support.iter().enumerate() {
+                assert_eq!(s.len(), 1);
+                assert!(!s.contains(&t.query));
+                assert_eq!(idx.images()[s[0]].character, t.characters[class]);
+                assert_eq!(idx.characters()[t.characters[class]].alphabet, alphabet);
+            }
+        }
+        // Each position is the answer about 100 times; all within 5σ (σ ≈ 9.7).
+        assert!(answer_hist.iter().all(|&n| (52..=148).contains(&n)), "{answer_hist:?}");
+        let too_wide = TaskSpec { way: 26, shots: 1, within_alphabet: true };
+        assert!(sample_tasks(&idx, too_wide, 1, &mut rng).is_err());
+        let across = TaskSpec { way: 26, shots: 1, within_alphabet: false };
+        assert_eq!(sample_tasks(&idx, across, 3, &mut rng).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn koch_tasks_follow_the_construction() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let tasks = koch_tasks(&idx, 20, 130, &mut rng).unwrap();
+        assert_eq!(tasks.len(), 130);
+        for (r, run) in tasks.chunks(20).enumerate() {
+            let query_drawer = idx.images()[run[0].query].drawer;
+            let support_drawer = idx.images()[run[0].support[0][0]].drawer;
+            assert_ne!(query_drawer, support_drawer);
+            let mut answers: Vec<usize> = run.iter().map(|t| t.answer).collect();
+            answers.sort_unstable();
+            if run.len() == 20 {
+                assert_eq!(answers, (0..20).collect::<Vec<_>>());
+            }
+            for t in run {
+                assert_eq!(t.support, run[0].support);
+                assert_eq!(idx.images()[t.query].drawer, query_drawer);
+                assert_eq!(idx.images()[t.query].character, t.characters[t.answer]);
+                let alphabet = idx.characters()[t.characters[0]].alphabet;
+                assert_eq!(alphabet, r % 3);
+            }
+        }
+        assert!(koch_tasks(&idx, 26, 1, &mut rng).is_err());
+    }
+}
