@@ -104,22 +104,27 @@ pub enum FetchError {
     )]
     NotPresent { set: OmniglotSet, dest: PathBuf },
 
-    /// A file system operation failed.
-    #[error("cannot {op} {path}: {source}{hint}", hint = IoHint(source.kind()))]
+    /// Any other error of the data crate while verifying.
+    #[error(transparent)]
+    Data(crate::DataError),
+
+    /// A file system operation failed (`op` says which, e.g. "create" or "write").
+    /// The io error is part of the message rather than a `source()`, so that error
+    /// chains do not print it twice.
+    #[error("cannot {op} {path}: {cause}{hint}", path = path.display(), hint = IoHint(cause.kind()))]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
 impl FetchError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, cause: io::Error) -> Self {
         FetchError::Io {
             op,
             path: path.into(),
-            source,
+            cause,
         }
     }
 }
@@ -128,11 +133,7 @@ impl From<crate::DataError> for FetchError {
     fn from(e: crate::DataError) -> Self {
         match e {
             crate::DataError::Io { path, source } => FetchError::io("read", path, source),
-            other => FetchError::Io {
-                op: "verify",
-                path: PathBuf::new(),
-                source: io::Error::other(other.to_string()),
-            },
+            other => FetchError::Data(other),
         }
     }
 }

@@ -216,9 +216,10 @@ pub fn is_present(dest: &Path, set: OmniglotSet) -> bool {
 
 /// Fetches, verifies and installs the requested sets (see the [module](self) docs).
 ///
-/// A set already present is re-verified by its content digest (about half a second
-/// for the largest set, with a warm cache) and left alone when it matches, unless
-/// `force` is set; one that does not verify is fetched again and replaced.
+/// A set already present is re-verified by its content digest (cheap: about 0.2 s for
+/// the 19,280 files of `images_background` on two cores with a warm cache) and left
+/// alone when it matches, unless `force` is set; one that does not verify is fetched
+/// again and replaced. Use [`is_present`] for an instant check that trusts the marker.
 pub fn fetch(options: &FetchOptions) -> Result<FetchReport, FetchError> {
     let dest = &options.dest;
     fs::create_dir_all(dest).map_err(|e| FetchError::io("create", dest, e))?;
@@ -279,7 +280,11 @@ fn fetch_set(options: &FetchOptions, set: OmniglotSet) -> Result<SetReport, Fetc
         digest: digest.digest,
     };
 
-    if target.exists() && !options.force {
+    // Whether a copy was there to begin with (forced, or not verifying): only then is an
+    // existing folder replaced at install time, so that a set installed meanwhile by
+    // another process is never pulled from under its readers.
+    let replace = target.exists();
+    if replace && !options.force {
         let found = digest_set(dest, set)?;
         if found.matches(set) {
             if !is_present(dest, set) {
@@ -329,7 +334,7 @@ fn fetch_set(options: &FetchOptions, set: OmniglotSet) -> Result<SetReport, Fetc
 
     let tmp = dest.join(format!(".tmp-{}-{pid}-{n}", set.folder()));
     let _tmp_guard = RemoveOnDrop(tmp.clone());
-    fs::create_dir(&tmp).map_err(|e| FetchError::io("create", &tmp, e))?;
+    // `extract` creates the folder, after checking every entry name.
     extract::extract(&zip_path, &location, &tmp, set, options.progress)?;
     let found = digest_set(&tmp, set)?;
     if !found.matches(set) {
@@ -347,6 +352,13 @@ fn fetch_set(options: &FetchOptions, set: OmniglotSet) -> Result<SetReport, Fetc
 
     // Install: move a previous (unverified or forced) copy aside, then rename.
     let _old_guard;
+    if !replace && is_present(dest, set) {
+        tracing::info!(
+            "{} was installed by another process meanwhile",
+            target.display()
+        );
+        return Ok(report(SetOutcome::AlreadyPresent, found));
+    }
     if target.exists() {
         let old = dest.join(format!(".old-{}-{pid}-{n}", set.folder()));
         _old_guard = RemoveOnDrop(old.clone());
