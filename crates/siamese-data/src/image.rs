@@ -157,8 +157,43 @@ static ONE_BIT_INK: [[u8; 8]; 256] = {
 
 /// Reads and decodes one PNG file.
 pub fn load_png(path: &Path) -> Result<GrayImage, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    decode_png(&bytes, path)
+    READ_BUFFER.with_borrow_mut(|buf| {
+        let len = read_png_file(path, buf).map_err(|e| DataError::io(path, e))?;
+        decode_png(&buf[..len], path)
+    })
+}
+
+thread_local! {
+    /// Each loader thread reuses one buffer for the file bytes.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Reads a PNG file into `buf` (grown as needed, never shrunk) and returns its length.
+/// Omniglot's files are ~400 bytes and syscalls dominate reading them, so this skips
+/// `std::fs::read`'s size query and stops as soon as the bytes end with the IEND chunk
+/// (a complete PNG) instead of reading once more to see the end of the file. Anything
+/// else is read to its end as usual.
+fn read_png_file(path: &Path, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::io::Read;
+    const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+    let mut file = std::fs::File::open(path)?;
+    let mut len = 0;
+    loop {
+        if buf.len() - len < 4096 {
+            buf.resize((2 * buf.len()).max(64 * 1024), 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => return Ok(len),
+            Ok(n) => {
+                len += n;
+                if buf[..len].ends_with(&IEND) {
+                    return Ok(len);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// ITU-R BT.601 luma, in 0..=255.
