@@ -2,5 +2,6 @@
 //! that embed a character image, and the weighted-L1 head that scores a pair.
 //!
 //! This crate knows no data set: it takes image tensors and returns features and
-//! logits. It is filled in by the model issue; for now it only fixes its place in
-//! the workspace.
+//! logits.
+
+pub mod cpu_ops;

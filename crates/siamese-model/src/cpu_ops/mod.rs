@@ -1,0 +1,1 @@
+//! Fast CPU convolution and max-pool as candle custom ops (in progress).
