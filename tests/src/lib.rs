@@ -1,2 +1,65 @@
-//! End-to-end tests of the `siamese-cli` binary live in `tests/tests/`; this library
-//! is empty and exists so that they form a workspace member of their own.
+//! Helpers for the end-to-end tests in `tests/tests/`, which drive the `siamese-cli`
+//! binary as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// Path of the `siamese-cli` binary, built once per test process with the same
+/// profile as the tests (`cargo build -p siamese-cli`), so that the end-to-end tests
+/// always run the current code.
+pub fn cli_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = workspace_root();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "siamese-cli"])
+            .current_dir(&root)
+            .status()
+            .expect("cannot run cargo to build siamese-cli");
+        assert!(status.success(), "building siamese-cli failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        target.join("debug").join("siamese-cli")
+    })
+    .clone()
+}
+
+/// The offline mirror of the Omniglot zips: `$OMNIGLOT_MIRROR`, else
+/// `<workspace>/../shared/omniglot`.
+pub fn mirror_dir() -> PathBuf {
+    let dir = std::env::var_os("OMNIGLOT_MIRROR")
+        .filter(|m| !m.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/omniglot"));
+    assert!(
+        dir.join("images_evaluation.zip").is_file(),
+        "no Omniglot mirror at {}: set OMNIGLOT_MIRROR to a folder holding the Omniglot zips",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs the CLI with `args` and no inherited mirror variable; returns (success,
+/// stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(cli_binary())
+        .args(args)
+        .env_remove("OMNIGLOT_MIRROR")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cannot run siamese-cli");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -3,6 +3,10 @@
 //! * `cargo xtask fetch-omniglot [--dest DIR] [--mirror DIR|URL] [--minimal] [--force]
 //!   [--quiet]`: download (or copy from a mirror), verify and extract the data set.
 //! * `cargo xtask ci`: formatting check, clippy with warnings denied, and the tests.
+//! * `cargo xtask bench data`: the data path against the Python reference's, side by
+//!   side.
+
+mod bench;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -48,6 +52,22 @@ enum Cmd {
     },
     /// Run the CI checks in the workspace root: fmt --check, clippy -D warnings, tests.
     Ci,
+    /// Benchmarks against the Python reference, measured side by side.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCmd {
+    /// Decoding and distortions: `siamese-cli bench data` against PIL and torchvision.
+    Data {
+        /// The extracted data set (relative to the workspace root).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_DEST)]
+        data: PathBuf,
+        /// Python with PIL and torchvision [default: .venv-torch/bin/python].
+        #[arg(long, value_name = "PATH")]
+        python: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +98,9 @@ fn run() -> Result<()> {
             quiet,
         } => fetch_omniglot(dest, mirror.as_deref(), minimal, force, quiet),
         Cmd::Ci => ci(),
+        Cmd::Bench(BenchCmd::Data { data, python }) => {
+            bench::bench_data(&workspace_root(), &data, python)
+        }
     }
 }
 

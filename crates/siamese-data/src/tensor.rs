@@ -1,9 +1,87 @@
 //! Batches of images as candle tensors of shape `(n, 1, height, width)`, ink = 1.0.
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 
 use crate::DataError;
+use crate::augment::{KochDistortion, image_rng, warp_into};
 use crate::image::GrayImage;
+use crate::index::Dataset;
+use crate::sample::PairEntry;
+
+/// The two sides of a batch of pairs and their targets (1.0 same, 0.0 different).
+#[derive(Debug, Clone)]
+pub struct PairBatch {
+    /// `(n, 1, h, w)`
+    pub left: Tensor,
+    /// `(n, 1, h, w)`
+    pub right: Tensor,
+    /// `(n,)`
+    pub targets: Tensor,
+}
+
+/// Builds the tensors of a batch of pair entries: an entry with a distortion seed has
+/// each of its two images warped by its own transform, drawn from `distortion` with
+/// [`image_rng`]`(seed, 0)` and `(seed, 1)`; an entry without one is used as is. Done
+/// in parallel; the result depends only on the entries.
+pub fn pair_batch(
+    data: &Dataset,
+    entries: &[PairEntry],
+    distortion: &KochDistortion,
+    device: &Device,
+) -> Result<PairBatch, DataError> {
+    distortion
+        .validate()
+        .map_err(|e| DataError::Invalid(e.to_string()))?;
+    let Some(first) = entries.first() else {
+        return Err(DataError::Invalid("cannot make a batch of no pairs".into()));
+    };
+    let (w, h) = {
+        let img = data.image(first.pair.a);
+        (img.width(), img.height())
+    };
+    let len = w * h;
+    let mut left = vec![0f32; entries.len() * len];
+    let mut right = vec![0f32; entries.len() * len];
+    let sized = |i: usize| -> Result<&GrayImage, DataError> {
+        let img = data.image(i);
+        if (img.width(), img.height()) != (w, h) {
+            return Err(DataError::Invalid(format!(
+                "{} is {}×{}, the batch is {w}×{h}",
+                data.index().images()[i].path.display(),
+                img.width(),
+                img.height()
+            )));
+        }
+        Ok(img)
+    };
+    left.par_chunks_mut(len)
+        .zip(right.par_chunks_mut(len))
+        .zip(entries.par_iter())
+        .try_for_each(|((l, r), entry)| -> Result<(), DataError> {
+            let (a, b) = (sized(entry.pair.a)?, sized(entry.pair.b)?);
+            match entry.distortion_seed {
+                Some(seed) => {
+                    warp_into(a, &distortion.sample(&mut image_rng(seed, 0)), l);
+                    warp_into(b, &distortion.sample(&mut image_rng(seed, 1)), r);
+                }
+                None => {
+                    a.write_f32(l);
+                    b.write_f32(r);
+                }
+            }
+            Ok(())
+        })?;
+    let targets: Vec<f32> = entries
+        .iter()
+        .map(|e| if e.pair.same { 1.0 } else { 0.0 })
+        .collect();
+    Ok(PairBatch {
+        left: pixels_to_tensor(left, entries.len(), h, w, device)?,
+        right: pixels_to_tensor(right, entries.len(), h, w, device)?,
+        targets: Tensor::from_vec(targets, entries.len(), device)?,
+    })
+}
 
 /// Stacks same-sized images into an `(n, 1, h, w)` f32 tensor.
 pub fn images_to_tensor(images: &[&GrayImage], device: &Device) -> Result<Tensor, DataError> {
@@ -39,6 +117,41 @@ pub fn pixels_to_tensor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pair_batches_distort_each_image_on_its_own() {
+        use crate::index::DatasetIndex;
+        use crate::sample::Pair;
+        let index = DatasetIndex::synthetic(&[vec![vec![1, 2]]]);
+        let mut rng = crate::seeded_rng(0);
+        let images: Vec<GrayImage> = (0..2)
+            .map(|_| crate::augment::synthetic_glyph(&mut rng, 20, 20))
+            .collect();
+        let data = Dataset::from_parts(index, images).unwrap();
+        let pair = Pair { a: 0, b: 0, same: true };
+        let entries = [
+            PairEntry { pair, distortion_seed: None },
+            PairEntry { pair, distortion_seed: Some(7) },
+            PairEntry { pair: Pair { a: 0, b: 1, same: false }, distortion_seed: Some(7) },
+        ];
+        let wide = KochDistortion { p_include: 1.0, ..KochDistortion::default() };
+        let batch = pair_batch(&data, &entries, &wide, &Device::Cpu).unwrap();
+        assert_eq!(batch.left.dims(), &[3, 1, 20, 20]);
+        let left: Vec<Vec<f32>> = batch.left.flatten_from(1).unwrap().to_vec2().unwrap();
+        let right: Vec<Vec<f32>> = batch.right.flatten_from(1).unwrap().to_vec2().unwrap();
+        // Undistorted: both sides are the image itself.
+        assert_eq!(left[0], right[0]);
+        // Distorted: the two sides of a pair get different transforms...
+        assert_ne!(left[1], right[1]);
+        assert_ne!(left[1], left[0]);
+        // ...and a seed reproduces them.
+        assert_eq!(left[1], left[2]);
+        let targets: Vec<f32> = batch.targets.to_vec1().unwrap();
+        assert_eq!(targets, vec![1.0, 1.0, 0.0]);
+        let again = pair_batch(&data, &entries, &wide, &Device::Cpu).unwrap();
+        let right_again: Vec<Vec<f32>> = again.right.flatten_from(1).unwrap().to_vec2().unwrap();
+        assert_eq!(right, right_again);
+    }
 
     #[test]
     fn stacks_with_channel_axis() {
