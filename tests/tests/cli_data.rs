@@ -17,7 +17,16 @@ fn missing_data_is_fetched_once_or_reported() {
     assert!(err.contains("--mirror"), "{err}");
     assert!(!tmp.path().join("omniglot/images_background").exists());
 
-    let args = ["data", "--data", data, "--mirror", mirror, "--split", "background-small1", "--json"];
+    let args = [
+        "data",
+        "--data",
+        data,
+        "--mirror",
+        mirror,
+        "--split",
+        "background-small1",
+        "--json",
+    ];
     let (ok, out, err) = run_cli(&args);
     assert!(ok, "{err}");
     assert!(err.contains("fetching from"), "{err}");

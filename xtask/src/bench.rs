@@ -43,9 +43,8 @@ pub fn bench_data(root: &Path, data: &Path, python: Option<PathBuf>) -> Result<(
     )
     .context("running the Python baseline")?;
 
-    let ratio = |key: &str| -> Option<f64> {
-        Some(ours.get(key)?.as_f64()? / theirs.get(key)?.as_f64()?)
-    };
+    let ratio =
+        |key: &str| -> Option<f64> { Some(ours.get(key)?.as_f64()? / theirs.get(key)?.as_f64()?) };
     let report = json!({
         "bench": "data",
         "ours": ours,
@@ -58,7 +57,9 @@ pub fn bench_data(root: &Path, data: &Path, python: Option<PathBuf>) -> Result<(
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }

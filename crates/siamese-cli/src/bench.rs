@@ -78,7 +78,10 @@ fn bench_data(args: &BenchDataArgs, progress: bool) -> Result<()> {
         let decode_s = decode_start.elapsed().as_secs_f64();
         let images: Vec<&GrayImage> = loaded.iter().flat_map(|d| d.images()).collect();
 
-        tracing::info!("timing Koch's distortions for {:.1} s", args.augment_seconds);
+        tracing::info!(
+            "timing Koch's distortions for {:.1} s",
+            args.augment_seconds
+        );
         let background = loaded[0].images().iter().collect::<Vec<_>>();
         let augment = augment_images_per_s(
             &background,
@@ -110,8 +113,16 @@ fn print_report(report: &DataBench, json: bool) -> Result<()> {
         writeln!(out, "images decoded        {}", report.images)?;
         writeln!(out, "index scan            {:.3} s", report.scan_s)?;
         writeln!(out, "decode                {:.3} s", report.decode_s)?;
-        writeln!(out, "decode_images_per_s   {:.0}", report.decode_images_per_s)?;
-        writeln!(out, "augment_images_per_s  {:.0}", report.augment_images_per_s)?;
+        writeln!(
+            out,
+            "decode_images_per_s   {:.0}",
+            report.decode_images_per_s
+        )?;
+        writeln!(
+            out,
+            "augment_images_per_s  {:.0}",
+            report.augment_images_per_s
+        )?;
     }
     Ok(())
 }

@@ -49,7 +49,10 @@ pub fn run(args: &DataArgs, progress: bool) -> Result<()> {
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &serde_json::json!({"split": args.split, "parts": parts}))?;
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"split": args.split, "parts": parts}),
+        )?;
         writeln!(out)?;
         return Ok(());
     }

@@ -87,7 +87,9 @@ pub fn decode_png(bytes: &[u8], path: &Path) -> Result<GrayImage, DataError> {
         .output_buffer_size()
         .ok_or_else(|| bad("image too large".into()))?;
     let mut buf = vec![0u8; size];
-    let frame = reader.next_frame(&mut buf).map_err(|e| bad(e.to_string()))?;
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| bad(e.to_string()))?;
     let (width, height) = (frame.width as usize, frame.height as usize);
     let buf = &buf[..frame.buffer_size()];
     let pixels: Vec<u8> = match frame.color_type {
@@ -211,7 +213,13 @@ fn ink_from(gray: u32, alpha: u8) -> u8 {
 mod tests {
     use super::*;
 
-    fn encode(width: u32, height: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8]) -> Vec<u8> {
+    fn encode(
+        width: u32,
+        height: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let mut enc = png::Encoder::new(&mut out, width, height);
         enc.set_color(color);
@@ -225,7 +233,13 @@ mod tests {
     #[test]
     fn one_bit_png_is_inverted_to_ink() {
         // 8x1 image, bits 1011_0000: white, black, white, white, black...
-        let bytes = encode(8, 1, png::ColorType::Grayscale, png::BitDepth::One, &[0b1011_0000]);
+        let bytes = encode(
+            8,
+            1,
+            png::ColorType::Grayscale,
+            png::BitDepth::One,
+            &[0b1011_0000],
+        );
         let img = decode_png(&bytes, Path::new("t.png")).unwrap();
         assert_eq!(img.pixels(), &[0, 255, 0, 0, 255, 255, 255, 255]);
     }
@@ -234,7 +248,11 @@ mod tests {
     fn low_bit_depths_match_the_generic_expansion() {
         // 11 pixels wide so that rows end inside a byte.
         let rows: Vec<u8> = (0..3 * 6).map(|i| (i * 37 % 256) as u8).collect();
-        for (depth, stride) in [(png::BitDepth::One, 2), (png::BitDepth::Two, 3), (png::BitDepth::Four, 6)] {
+        for (depth, stride) in [
+            (png::BitDepth::One, 2),
+            (png::BitDepth::Two, 3),
+            (png::BitDepth::Four, 6),
+        ] {
             let data: Vec<u8> = rows.chunks(6).flat_map(|r| r[..stride].to_vec()).collect();
             let bytes = encode(11, 3, png::ColorType::Grayscale, depth, &data);
             let fast = decode_png(&bytes, Path::new("t.png")).unwrap();

@@ -339,7 +339,10 @@ impl DatasetIndex {
                 let first_image = index.images.len();
                 for &drawer in drawers {
                     index.images.push(ImageEntry {
-                        path: PathBuf::from(format!("a{a:02}/character{:02}/{drawer:02}.png", c + 1)),
+                        path: PathBuf::from(format!(
+                            "a{a:02}/character{:02}/{drawer:02}.png",
+                            c + 1
+                        )),
                         character,
                         drawer,
                     });

@@ -107,7 +107,12 @@ fn load_run(name: &str, dir: &Path) -> Result<LakeRun, DataError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let load_all = |paths: &[PathBuf]| paths.iter().map(|p| load_png(p)).collect::<Result<Vec<_>, _>>();
+    let load_all = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| load_png(p))
+            .collect::<Result<Vec<_>, _>>()
+    };
     Ok(LakeRun {
         name: name.to_string(),
         training: load_all(&training_paths)?,

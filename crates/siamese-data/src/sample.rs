@@ -51,9 +51,7 @@ pub fn sample_pairs(
     rng: &mut impl Rng,
 ) -> Result<Vec<Pair>, DataError> {
     let chars = PairPool::new(index, (0..index.characters().len()).collect(), negatives)?;
-    let mut pairs: Vec<Pair> = (0..n)
-        .map(|i| chars.draw(index, i % 2 == 0, rng))
-        .collect();
+    let mut pairs: Vec<Pair> = (0..n).map(|i| chars.draw(index, i % 2 == 0, rng)).collect();
     pairs.shuffle(rng);
     Ok(pairs)
 }
@@ -447,8 +445,17 @@ mod tests {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             (
                 sample_pairs(&idx, 50, NegativeFrom::SameAlphabet, &mut rng).unwrap(),
-                sample_tasks(&idx, TaskSpec { way: 5, shots: 2, within_alphabet: true }, 10, &mut rng)
-                    .unwrap(),
+                sample_tasks(
+                    &idx,
+                    TaskSpec {
+                        way: 5,
+                        shots: 2,
+                        within_alphabet: true,
+                    },
+                    10,
+                    &mut rng,
+                )
+                .unwrap(),
             )
         };
         assert_eq!(draw(7), draw(7));
@@ -497,7 +504,11 @@ mod tests {
     fn tasks_are_honest() {
         let idx = omniglot_like();
         let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let spec = TaskSpec { way: 20, shots: 1, within_alphabet: true };
+        let spec = TaskSpec {
+            way: 20,
+            shots: 1,
+            within_alphabet: true,
+        };
         let tasks = sample_tasks(&idx, spec, 2000, &mut rng).unwrap();
         let mut answer_hist = [0usize; 20];
         for t in &tasks {
@@ -512,10 +523,21 @@ mod tests {
             }
         }
         // Each position is the answer about 100 times; all within 5σ (σ ≈ 9.7).
-        assert!(answer_hist.iter().all(|&n| (52..=148).contains(&n)), "{answer_hist:?}");
-        let too_wide = TaskSpec { way: 26, shots: 1, within_alphabet: true };
+        assert!(
+            answer_hist.iter().all(|&n| (52..=148).contains(&n)),
+            "{answer_hist:?}"
+        );
+        let too_wide = TaskSpec {
+            way: 26,
+            shots: 1,
+            within_alphabet: true,
+        };
         assert!(sample_tasks(&idx, too_wide, 1, &mut rng).is_err());
-        let across = TaskSpec { way: 26, shots: 1, within_alphabet: false };
+        let across = TaskSpec {
+            way: 26,
+            shots: 1,
+            within_alphabet: false,
+        };
         assert_eq!(sample_tasks(&idx, across, 3, &mut rng).unwrap().len(), 3);
     }
 

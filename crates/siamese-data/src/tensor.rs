@@ -86,7 +86,9 @@ pub fn pair_batch(
 /// Stacks same-sized images into an `(n, 1, h, w)` f32 tensor.
 pub fn images_to_tensor(images: &[&GrayImage], device: &Device) -> Result<Tensor, DataError> {
     let Some(first) = images.first() else {
-        return Err(DataError::Invalid("cannot make a tensor of no images".into()));
+        return Err(DataError::Invalid(
+            "cannot make a tensor of no images".into(),
+        ));
     };
     let (w, h) = (first.width(), first.height());
     let mut pixels = vec![0f32; images.len() * w * h];
@@ -128,13 +130,33 @@ mod tests {
             .map(|_| crate::augment::synthetic_glyph(&mut rng, 20, 20))
             .collect();
         let data = Dataset::from_parts(index, images).unwrap();
-        let pair = Pair { a: 0, b: 0, same: true };
+        let pair = Pair {
+            a: 0,
+            b: 0,
+            same: true,
+        };
         let entries = [
-            PairEntry { pair, distortion_seed: None },
-            PairEntry { pair, distortion_seed: Some(7) },
-            PairEntry { pair: Pair { a: 0, b: 1, same: false }, distortion_seed: Some(7) },
+            PairEntry {
+                pair,
+                distortion_seed: None,
+            },
+            PairEntry {
+                pair,
+                distortion_seed: Some(7),
+            },
+            PairEntry {
+                pair: Pair {
+                    a: 0,
+                    b: 1,
+                    same: false,
+                },
+                distortion_seed: Some(7),
+            },
         ];
-        let wide = KochDistortion { p_include: 1.0, ..KochDistortion::default() };
+        let wide = KochDistortion {
+            p_include: 1.0,
+            ..KochDistortion::default()
+        };
         let batch = pair_batch(&data, &entries, &wide, &Device::Cpu).unwrap();
         assert_eq!(batch.left.dims(), &[3, 1, 20, 20]);
         let left: Vec<Vec<f32>> = batch.left.flatten_from(1).unwrap().to_vec2().unwrap();

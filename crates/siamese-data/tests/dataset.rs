@@ -64,7 +64,9 @@ fn koch_split_holds_out_alphabets_and_drawers() {
         659,
         "every evaluation character is in exactly one of validation and test"
     );
-    let small = SplitName::BackgroundSmall1.index(Part::Train, &root).unwrap();
+    let small = SplitName::BackgroundSmall1
+        .index(Part::Train, &root)
+        .unwrap();
     assert_eq!(small.counts().images, 2_720);
 }
 
@@ -86,7 +88,10 @@ fn decoding_follows_the_ink_convention() {
     }
     // Strokes are a small minority of the pixels; the inverse convention would give > 90%.
     let fraction = ink as f64 / total as f64;
-    assert!(fraction > 0.005 && fraction < 0.2, "ink fraction {fraction}");
+    assert!(
+        fraction > 0.005 && fraction < 0.2,
+        "ink fraction {fraction}"
+    );
 
     // The one pixel-identical pair of the background set decodes identically.
     let find = |name: &str| {
@@ -117,9 +122,14 @@ fn a_bad_image_is_an_error_naming_it() {
 
     std::fs::write(char_dir.join("notes.png"), b"x").unwrap();
     let err = DatasetIndex::scan(tmp.path()).unwrap_err().to_string();
-    assert!(err.contains("notes.png") && err.contains("NNNN_DD"), "{err}");
+    assert!(
+        err.contains("notes.png") && err.contains("NNNN_DD"),
+        "{err}"
+    );
 
-    let err = DatasetIndex::scan(&tmp.path().join("missing")).unwrap_err().to_string();
+    let err = DatasetIndex::scan(&tmp.path().join("missing"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("missing"), "{err}");
 }
 
