@@ -2,4 +2,7 @@
 //! sampled pairs or on all pairs of a batch, with validation by one-shot evaluation,
 //! early stopping and resumable runs.
 //!
-//! It is filled in by the training issue.
+//! So far: the optimizers ([`optim`]); the training loop comes with the training
+//! issue.
+
+pub mod optim;
