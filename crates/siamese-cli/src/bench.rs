@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use siamese_data::augment::{KochDistortion, augment_images_per_s};
+use siamese_data::augment::{KochDistortion, distort_batch};
 use siamese_data::{DatasetIndex, GrayImage, OmniglotSet};
 
 use crate::data_source::DataSourceArgs;
@@ -26,9 +26,47 @@ pub struct BenchDataArgs {
     /// Minimum seconds to spend timing the distortions.
     #[arg(long, default_value_t = 3.0)]
     pub augment_seconds: f64,
+    /// Images per distortion batch (a training batch of 128 pairs holds 256).
+    #[arg(long, default_value_t = 256, value_parser = parse_positive)]
+    pub augment_batch: usize,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, got {s:?}")),
+    }
+}
+
+/// Images per second of Koch's distortions, the way training uses them: consecutive
+/// batches of `batch` images through the whole set, each into the same output buffer,
+/// a new seed per batch, after one warm-up batch, for at least `min_time`.
+fn augment_throughput(images: &[&GrayImage], batch: usize, min_time: Duration) -> f64 {
+    let distortion = KochDistortion::default();
+    let len = images[0].width() * images[0].height();
+    let mut out = vec![0f32; batch * len];
+    let batches: Vec<&[&GrayImage]> = images.chunks(batch).collect();
+    let mut run = |b: &[&GrayImage], seed: u64| {
+        distort_batch(b, &distortion, seed, &mut out[..b.len() * len]);
+    };
+    run(batches[0], u64::MAX);
+    let start = Instant::now();
+    let mut done = 0usize;
+    let mut seed = 0u64;
+    'timing: loop {
+        for b in &batches {
+            run(b, seed);
+            seed += 1;
+            done += b.len();
+            if start.elapsed() >= min_time {
+                break 'timing;
+            }
+        }
+    }
+    done as f64 / start.elapsed().as_secs_f64()
 }
 
 #[derive(Debug, Serialize)]
@@ -39,7 +77,7 @@ struct DataBench {
     scan_s: f64,
     decode_s: f64,
     decode_images_per_s: f64,
-    augment_images: usize,
+    augment_batch: usize,
     augment_images_per_s: f64,
 }
 
@@ -79,13 +117,14 @@ fn bench_data(args: &BenchDataArgs, progress: bool) -> Result<()> {
         let images: Vec<&GrayImage> = loaded.iter().flat_map(|d| d.images()).collect();
 
         tracing::info!(
-            "timing Koch's distortions for {:.1} s",
+            "timing Koch's distortions in batches of {} for {:.1} s",
+            args.augment_batch,
             args.augment_seconds
         );
-        let background = loaded[0].images().iter().collect::<Vec<_>>();
-        let augment = augment_images_per_s(
+        let background: Vec<&GrayImage> = loaded[0].images().iter().collect();
+        let augment = augment_throughput(
             &background,
-            &KochDistortion::default(),
+            args.augment_batch,
             Duration::from_secs_f64(args.augment_seconds),
         );
         Ok(DataBench {
@@ -95,7 +134,7 @@ fn bench_data(args: &BenchDataArgs, progress: bool) -> Result<()> {
             scan_s,
             decode_s,
             decode_images_per_s: images.len() as f64 / decode_s,
-            augment_images: background.len(),
+            augment_batch: args.augment_batch,
             augment_images_per_s: augment,
         })
     })?;
