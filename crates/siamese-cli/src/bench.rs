@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use siamese_data::augment::{KochDistortion, distort_batch};
+use siamese_data::augment::{KochDistortion, augment_images_per_s};
 use siamese_data::{DatasetIndex, GrayImage, OmniglotSet};
 
 use crate::data_source::DataSourceArgs;
@@ -39,34 +39,6 @@ fn parse_positive(s: &str) -> Result<usize, String> {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("expected a positive integer, got {s:?}")),
     }
-}
-
-/// Images per second of Koch's distortions, the way training uses them: consecutive
-/// batches of `batch` images through the whole set, each into the same output buffer,
-/// a new seed per batch, after one warm-up batch, for at least `min_time`.
-fn augment_throughput(images: &[&GrayImage], batch: usize, min_time: Duration) -> f64 {
-    let distortion = KochDistortion::default();
-    let len = images[0].width() * images[0].height();
-    let mut out = vec![0f32; batch * len];
-    let batches: Vec<&[&GrayImage]> = images.chunks(batch).collect();
-    let mut run = |b: &[&GrayImage], seed: u64| {
-        distort_batch(b, &distortion, seed, &mut out[..b.len() * len]);
-    };
-    run(batches[0], u64::MAX);
-    let start = Instant::now();
-    let mut done = 0usize;
-    let mut seed = 0u64;
-    'timing: loop {
-        for b in &batches {
-            run(b, seed);
-            seed += 1;
-            done += b.len();
-            if start.elapsed() >= min_time {
-                break 'timing;
-            }
-        }
-    }
-    done as f64 / start.elapsed().as_secs_f64()
 }
 
 #[derive(Debug, Serialize)]
@@ -122,8 +94,9 @@ fn bench_data(args: &BenchDataArgs, progress: bool) -> Result<()> {
             args.augment_seconds
         );
         let background: Vec<&GrayImage> = loaded[0].images().iter().collect();
-        let augment = augment_throughput(
+        let augment = augment_images_per_s(
             &background,
+            &KochDistortion::default(),
             args.augment_batch,
             Duration::from_secs_f64(args.augment_seconds),
         );

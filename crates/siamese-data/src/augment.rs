@@ -613,30 +613,44 @@ fn stamp_disc(img: &mut GrayImage, cx: f64, cy: f64, r: f64) {
 }
 
 /// Throughput of [`distort_batch`] in images per second on the current rayon pool
-/// (run it inside `ThreadPool::install` to choose the thread count): distorts
-/// `images` as one batch, with a new seed each round, after one warm-up round, until
-/// at least `min_time` has passed. For the `bench data` metric `augment_images_per_s`.
+/// (run it inside `ThreadPool::install` to choose the thread count), the way training
+/// uses it: consecutive batches of `batch` images through `images`, each into the same
+/// output buffer with a new seed, after one warm-up batch, until at least `min_time`
+/// has passed. For the `bench data` metric `augment_images_per_s`.
 ///
 /// # Panics
-/// As [`distort_batch`]; also if `images` is empty.
+/// As [`distort_batch`]; also if `images` is empty or `batch` is 0.
 pub fn augment_images_per_s(
     images: &[&GrayImage],
     distortion: &KochDistortion,
+    batch: usize,
     min_time: Duration,
 ) -> f64 {
-    assert!(!images.is_empty(), "augment_images_per_s: no images");
+    assert!(
+        !images.is_empty() && batch > 0,
+        "augment_images_per_s: no images"
+    );
     let len = images[0].width() * images[0].height();
-    let mut out = vec![0.0f32; images.len() * len];
-    distort_batch(images, distortion, u64::MAX, &mut out);
+    let mut out = vec![0.0f32; batch.min(images.len()) * len];
+    let batches: Vec<&[&GrayImage]> = images.chunks(batch).collect();
+    let mut run = |b: &[&GrayImage], seed: u64| {
+        distort_batch(b, distortion, seed, &mut out[..b.len() * len]);
+    };
+    run(batches[0], u64::MAX);
     let start = Instant::now();
-    let mut rounds = 0u64;
-    while rounds == 0 || start.elapsed() < min_time {
-        distort_batch(images, distortion, rounds, &mut out);
-        rounds += 1;
+    let (mut done, mut seed) = (0usize, 0u64);
+    'timing: loop {
+        for b in &batches {
+            run(b, seed);
+            seed += 1;
+            done += b.len();
+            if start.elapsed() >= min_time {
+                break 'timing;
+            }
+        }
     }
-    let secs = start.elapsed().as_secs_f64();
     std::hint::black_box(&out);
-    (rounds as f64 * images.len() as f64) / secs
+    done as f64 / start.elapsed().as_secs_f64()
 }
 
 #[cfg(test)]
@@ -1203,7 +1217,8 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let rate = pool.install(|| augment_images_per_s(&refs, &k, Duration::from_secs(3)));
+            let rate =
+                pool.install(|| augment_images_per_s(&refs, &k, 256, Duration::from_secs(3)));
             eprintln!(
                 "distort_batch {source} ({} images, ink {:.1}%): {threads} thread(s): {rate:.0} images/s ({:.2} ns/pixel/thread)",
                 refs.len(),
@@ -1216,7 +1231,7 @@ mod tests {
             p_include: 1.0,
             ..KochDistortion::PAPER
         };
-        let rate = augment_images_per_s(&refs, &always, Duration::from_secs(3));
+        let rate = augment_images_per_s(&refs, &always, 256, Duration::from_secs(3));
         eprintln!("distort_batch {source}, p_include = 1, global pool: {rate:.0} images/s");
     }
 }
