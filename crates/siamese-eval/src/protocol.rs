@@ -13,8 +13,7 @@ use crate::EvalError;
 
 /// Koch et al.'s number of test trials (10 alphabets × 2 runs × 20).
 pub const KOCH_TEST_TRIALS: usize = 400;
-/// Koch et al.'s number of validation trials (10 alphabets × 2 runs × 16... as they
-/// report it: 320).
+/// Koch et al.'s number of validation trials, as they report it.
 pub const KOCH_VALIDATION_TRIALS: usize = 320;
 /// The number of classes of Koch's and Lake's tasks.
 pub const KOCH_WAY: usize = 20;
@@ -95,14 +94,21 @@ impl<'a> TrialSet<'a> {
     /// ([`koch_tasks`] with `seeded_rng(seed)`): runs of `way` trials cycling through
     /// the alphabets. Use [`KOCH_WAY`] and [`koch_trial_count`] for Koch's setting.
     /// Each run of `way` trials is reported as a run.
-    pub fn koch(dataset: &'a Dataset, way: usize, trials: usize, seed: u64) -> Result<Self, EvalError> {
+    pub fn koch(
+        dataset: &'a Dataset,
+        way: usize,
+        trials: usize,
+        seed: u64,
+    ) -> Result<Self, EvalError> {
         let tasks = koch_tasks(dataset.index(), way, trials, &mut seeded_rng(seed))?;
         let runs = tasks.len().div_ceil(way);
         let mut set = TrialSet::from_tasks(dataset, &tasks, Protocol::Koch { way })?;
         set.seed = Some(seed);
         set.runs = (0..runs)
             .map(|r| {
-                let alphabet = set.trials[r * way].alphabet.map(|a| set.alphabets[a].as_str());
+                let alphabet = set.trials[r * way]
+                    .alphabet
+                    .map(|a| set.alphabets[a].as_str());
                 format!("run{:02} {}", r + 1, alphabet.unwrap_or_default())
             })
             .collect();
@@ -115,7 +121,12 @@ impl<'a> TrialSet<'a> {
     /// `trials` independent N-way k-shot tasks ([`sample_tasks`] with
     /// `seeded_rng(seed)`), within or across alphabets. A trial's alphabet is its
     /// query's.
-    pub fn tasks(dataset: &'a Dataset, spec: TaskSpec, trials: usize, seed: u64) -> Result<Self, EvalError> {
+    pub fn tasks(
+        dataset: &'a Dataset,
+        spec: TaskSpec,
+        trials: usize,
+        seed: u64,
+    ) -> Result<Self, EvalError> {
         let tasks = sample_tasks(dataset.index(), spec, trials, &mut seeded_rng(seed))?;
         let protocol = Protocol::Tasks {
             way: spec.way,
@@ -130,7 +141,11 @@ impl<'a> TrialSet<'a> {
     /// Trials from sampled tasks over `dataset`; the images table holds the distinct
     /// images of the tasks in order of first use. Alphabets are those of the queries;
     /// no runs; no seed (set [`Self::seed`] yourself).
-    pub fn from_tasks(dataset: &'a Dataset, tasks: &[OneShotTask], protocol: Protocol) -> Result<Self, EvalError> {
+    pub fn from_tasks(
+        dataset: &'a Dataset,
+        tasks: &[OneShotTask],
+        protocol: Protocol,
+    ) -> Result<Self, EvalError> {
         let index = dataset.index();
         let mut ids: HashMap<usize, usize> = HashMap::new();
         let mut images = Vec::new();
@@ -256,10 +271,17 @@ impl<'a> TrialSet<'a> {
             let bad = |reason: String| Err(EvalError::Invalid(format!("trial {t}: {reason}")));
             let n = self.images.len();
             if trial.classes.len() < 2 {
-                return bad(format!("{} candidate classes (need 2)", trial.classes.len()));
+                return bad(format!(
+                    "{} candidate classes (need 2)",
+                    trial.classes.len()
+                ));
             }
             if trial.answer >= trial.classes.len() {
-                return bad(format!("answer {} of {} classes", trial.answer, trial.classes.len()));
+                return bad(format!(
+                    "answer {} of {} classes",
+                    trial.answer,
+                    trial.classes.len()
+                ));
             }
             if trial.classes.iter().any(|c| c.is_empty()) {
                 return bad("a class without examples".into());

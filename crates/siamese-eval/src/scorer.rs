@@ -164,15 +164,23 @@ where
         Ok(features)
     }
 
-    fn score_pairs(&self, embeddings: &Tensor, pairs: &[(usize, usize)]) -> Result<Vec<f64>, EvalError> {
+    fn score_pairs(
+        &self,
+        embeddings: &Tensor,
+        pairs: &[(usize, usize)],
+    ) -> Result<Vec<f64>, EvalError> {
         let index = |side: fn(&(usize, usize)) -> usize| -> Result<Tensor, EvalError> {
             let rows: Vec<u32> = pairs
                 .iter()
                 .map(|p| {
-                    u32::try_from(side(p)).map_err(|_| EvalError::Invalid("row index overflows u32".into()))
+                    u32::try_from(side(p))
+                        .map_err(|_| EvalError::Invalid("row index overflows u32".into()))
                 })
                 .collect::<Result<_, _>>()?;
-            Ok(embeddings.index_select(&Tensor::from_vec(rows, pairs.len(), embeddings.device())?, 0)?)
+            Ok(embeddings.index_select(
+                &Tensor::from_vec(rows, pairs.len(), embeddings.device())?,
+                0,
+            )?)
         };
         let a = index(|p| p.0)?;
         let b = index(|p| p.1)?;
