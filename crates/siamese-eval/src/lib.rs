@@ -15,7 +15,8 @@
 //!   when the true class's score is strictly greater than every other candidate's,
 //!   so ties and NaN scores are wrong. It returns an [`EvalReport`] (serde
 //!   `Serialize`) with the accuracy, its [`wilson_interval`], per-alphabet and per-run
-//!   tables, timing, and a [`TrialRecord`] of each trial for drawing it later.
+//!   tables, timing, and a [`TrialRecord`] of each trial for drawing it later
+//!   ([`save_sheet`]).
 //!
 //! The crate knows no network: the siamese model plugs in through [`CandleScorer`]
 //! or its own [`OneShotScorer`] implementation.
@@ -39,6 +40,7 @@ mod error;
 mod protocol;
 mod runner;
 mod scorer;
+mod sheet;
 mod stats;
 
 pub use baselines::{
@@ -54,4 +56,5 @@ pub use runner::{
     judge,
 };
 pub use scorer::{CandleScorer, Embeddings, OneShotScorer};
+pub use sheet::{draw_sheet, pick_trials, save_sheet};
 pub use stats::{Z95, wilson_interval};

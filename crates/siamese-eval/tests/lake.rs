@@ -88,3 +88,35 @@ fn pixel_nearest_neighbour_is_above_chance_and_below_mhd() {
     assert_eq!(c.correct, r.correct);
     assert_eq!(c.ties, r.ties);
 }
+
+#[test]
+fn a_sheet_shows_the_truth_and_the_wrong_choices() {
+    let runs = runs();
+    let set = TrialSet::lake(&runs).unwrap();
+    let r = evaluate(&ModifiedHausdorff::default(), &set, &EvalOptions::default()).unwrap();
+    let picked = siamese_eval::pick_trials(&r, 6);
+    assert_eq!(picked.len(), 6);
+    assert_eq!(picked.iter().filter(|&&i| !r.records[i].correct).count(), 3);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("sheet.png");
+    siamese_eval::save_sheet(&set, &r, 6, &path).unwrap();
+    let sheet = image::open(&path).unwrap().to_rgb8();
+    // 6 rows of 105 px images, a query and 20 candidates each.
+    assert!(sheet.height() > 6 * 105 && sheet.width() > 21 * 105);
+    let count = |rgb: [u8; 3]| sheet.pixels().filter(|p| p.0 == rgb).count();
+    let frame = 111 * 111 - 105 * 105; // pixels of one 3-px frame ring
+    assert_eq!(count([30, 160, 60]), 6 * frame, "one truth frame per row");
+    assert_eq!(count([210, 40, 40]), 3 * frame, "one wrong-choice frame per wrong row");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "no temporary left");
+    let empty = evaluate(
+        &PixelNn,
+        &set,
+        &EvalOptions {
+            keep_trials: false,
+            ..EvalOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(siamese_eval::draw_sheet(&set, &empty, 6).is_err());
+}
