@@ -14,6 +14,8 @@ use crate::data_source::DataSourceArgs;
 pub enum BenchCommand {
     /// Decoding all 32,460 PNGs of both image sets, and Koch's distortions.
     Data(BenchDataArgs),
+    /// Training-step and embedding throughput of the network (compare ../shared/bench/torch_koch.py).
+    Train(crate::bench_train::BenchTrainArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +58,7 @@ struct DataBench {
 pub fn run(cmd: &BenchCommand, progress: bool) -> Result<()> {
     match cmd {
         BenchCommand::Data(args) => bench_data(args, progress),
+        BenchCommand::Train(args) => crate::bench_train::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 //! `siamese-eval`.
 
 mod bench;
+mod bench_train;
 mod data_source;
 mod info;
 

@@ -18,8 +18,8 @@
 //!   tables, timing, and a [`TrialRecord`] of each trial for drawing it later
 //!   ([`save_sheet`]).
 //!
-//! The crate knows no network: the siamese model plugs in through [`CandleScorer`]
-//! or its own [`OneShotScorer`] implementation.
+//! The siamese network plugs in through [`siamese_scorer`] (a [`CandleScorer`] over
+//! its tower and head); any other method implements [`OneShotScorer`].
 //!
 //! # Example
 //! ```no_run
@@ -41,6 +41,7 @@ mod protocol;
 mod runner;
 mod scorer;
 mod sheet;
+mod siamese;
 mod stats;
 
 pub use baselines::{
@@ -57,4 +58,5 @@ pub use runner::{
 };
 pub use scorer::{CandleScorer, Embeddings, OneShotScorer};
 pub use sheet::{draw_sheet, pick_trials, save_sheet};
+pub use siamese::siamese_scorer;
 pub use stats::{Z95, wilson_interval};

@@ -59,9 +59,16 @@ impl Arch {
                 pool,
             }
         }
+        const KOCH: [ConvSpec; 4] = [
+            c(64, 10, true),
+            c(128, 7, true),
+            c(128, 4, true),
+            c(256, 4, false),
+        ];
+        const KOCH35: [ConvSpec; 3] = [c(64, 5, true), c(128, 4, true), c(128, 3, false)];
         match self {
-            Arch::Koch => &[c(64, 10, true), c(128, 7, true), c(128, 4, true), c(256, 4, false)],
-            Arch::Koch35 => &[c(64, 5, true), c(128, 4, true), c(128, 3, false)],
+            Arch::Koch => &KOCH,
+            Arch::Koch35 => &KOCH35,
         }
     }
 }
@@ -114,7 +121,11 @@ impl Default for ModelConfig {
 
 impl fmt::Display for ModelConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}×{} input)", self.arch, self.input_size, self.input_size)
+        write!(
+            f,
+            "{} ({}×{} input)",
+            self.arch, self.input_size, self.input_size
+        )
     }
 }
 
@@ -167,7 +178,10 @@ impl ModelConfig {
         let mut side = self.input_size;
         let mut channels = 1;
         for conv in self.arch.conv_layers() {
-            side = side.checked_sub(conv.kernel - 1).filter(|&s| s > 0).ok_or_else(too_small)?;
+            side = side
+                .checked_sub(conv.kernel - 1)
+                .filter(|&s| s > 0)
+                .ok_or_else(too_small)?;
             if conv.pool {
                 side /= 2;
                 if side == 0 {
@@ -194,14 +208,30 @@ impl ModelConfig {
         for (i, conv) in self.arch.conv_layers().iter().enumerate() {
             let prefix = format!("tower.conv{}", i + 1);
             let (o, k) = (conv.out_channels, conv.kernel);
-            specs.push(spec(format!("{prefix}.weight"), vec![o, in_channels, k, k], ParamKind::ConvWeight));
+            specs.push(spec(
+                format!("{prefix}.weight"),
+                vec![o, in_channels, k, k],
+                ParamKind::ConvWeight,
+            ));
             specs.push(spec(format!("{prefix}.bias"), vec![o], ParamKind::Bias));
             in_channels = o;
         }
         let flat = self.flat_features()?;
-        specs.push(spec("tower.fc.weight".into(), vec![EMBED_DIM, flat], ParamKind::FcWeight));
-        specs.push(spec("tower.fc.bias".into(), vec![EMBED_DIM], ParamKind::Bias));
-        specs.push(spec("head.weight".into(), vec![1, EMBED_DIM], ParamKind::FcWeight));
+        specs.push(spec(
+            "tower.fc.weight".into(),
+            vec![EMBED_DIM, flat],
+            ParamKind::FcWeight,
+        ));
+        specs.push(spec(
+            "tower.fc.bias".into(),
+            vec![EMBED_DIM],
+            ParamKind::Bias,
+        ));
+        specs.push(spec(
+            "head.weight".into(),
+            vec![1, EMBED_DIM],
+            ParamKind::FcWeight,
+        ));
         specs.push(spec("head.bias".into(), vec![1], ParamKind::Bias));
         Ok(specs)
     }

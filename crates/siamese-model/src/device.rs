@@ -20,7 +20,9 @@ pub fn select_device(spec: &str) -> Result<Device, ModelError> {
     let lower = spec.trim().to_ascii_lowercase();
     let (kind, ordinal) = match lower.split_once(':') {
         Some((kind, n)) => {
-            let n = n.parse::<usize>().map_err(|_| ModelError::UnknownDevice(spec.to_string()))?;
+            let n = n
+                .parse::<usize>()
+                .map_err(|_| ModelError::UnknownDevice(spec.to_string()))?;
             (kind, Some(n))
         }
         None => (lower.as_str(), None),
@@ -28,7 +30,10 @@ pub fn select_device(spec: &str) -> Result<Device, ModelError> {
     match (kind, ordinal) {
         ("auto", None) => Ok(auto_device()),
         ("cpu", None) => {
-            tracing::info!("using the CPU ({} threads)", candle_core::utils::get_num_threads());
+            tracing::info!(
+                "using the CPU ({} threads)",
+                candle_core::utils::get_num_threads()
+            );
             Ok(Device::Cpu)
         }
         ("cuda", n) => open(spec, Backend::Cuda, n.unwrap_or(0)),

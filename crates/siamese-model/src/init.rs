@@ -75,12 +75,15 @@ fn draw(spec: &ParamSpec, seed: u64, param_index: u64) -> Vec<f32> {
     let (mean, std) = init_distribution(spec.kind);
     let normal = Normal::new(mean, std).expect("finite, positive standard deviation");
     let mut values = vec![0f32; spec.numel()];
-    values.par_chunks_mut(INIT_BLOCK).enumerate().for_each(|(block, chunk)| {
-        let mut rng = block_rng(seed, param_index, block as u64);
-        for v in chunk {
-            *v = normal.sample(&mut rng);
-        }
-    });
+    values
+        .par_chunks_mut(INIT_BLOCK)
+        .enumerate()
+        .for_each(|(block, chunk)| {
+            let mut rng = block_rng(seed, param_index, block as u64);
+            for v in chunk {
+                *v = normal.sample(&mut rng);
+            }
+        });
     values
 }
 

@@ -17,7 +17,11 @@ pub struct ConvLayer {
 impl Module for ConvLayer {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = layers::conv2d_relu(x, &self.weight, &self.bias)?;
-        if self.pool { layers::max_pool2(&y) } else { Ok(y) }
+        if self.pool {
+            layers::max_pool2(&y)
+        } else {
+            Ok(y)
+        }
     }
 }
 
@@ -76,8 +80,14 @@ impl SiameseNet {
                 pool: spec.pool,
             })
             .collect();
-        let fc = Linear::new(params[2 * n_convs].1.clone(), Some(params[2 * n_convs + 1].1.clone()));
-        let head = Linear::new(params[2 * n_convs + 2].1.clone(), Some(params[2 * n_convs + 3].1.clone()));
+        let fc = Linear::new(
+            params[2 * n_convs].1.clone(),
+            Some(params[2 * n_convs + 1].1.clone()),
+        );
+        let head = Linear::new(
+            params[2 * n_convs + 2].1.clone(),
+            Some(params[2 * n_convs + 3].1.clone()),
+        );
         Ok(SiameseNet {
             config,
             tower: Tower { convs, fc },
@@ -89,7 +99,11 @@ impl SiameseNet {
     /// A freshly initialised network (the paper's initialisation, see [`crate::init`])
     /// and the `VarMap` holding its parameters, f32 on `device`. The same seed gives
     /// the same network on every device.
-    pub fn init(config: ModelConfig, seed: u64, device: &Device) -> Result<(Self, VarMap), ModelError> {
+    pub fn init(
+        config: ModelConfig,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, VarMap), ModelError> {
         let varmap = init::init_varmap(&config, seed, device)?;
         let net = SiameseNet::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
         Ok((net, varmap))
@@ -125,9 +139,13 @@ impl SiameseNet {
     /// storage (and so sees later optimizer steps) but records no gradient graph,
     /// which makes inference cheaper in memory.
     pub fn detach(&self) -> Self {
-        let params: Vec<(String, Tensor)> =
-            self.params.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
-        let vb = VarBuilder::from_tensors(params.iter().cloned().collect(), DType::F32, self.device());
+        let params: Vec<(String, Tensor)> = self
+            .params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.detach()))
+            .collect();
+        let vb =
+            VarBuilder::from_tensors(params.iter().cloned().collect(), DType::F32, self.device());
         SiameseNet::new(self.config, vb).expect("the same tensors under the same names")
     }
 
@@ -144,7 +162,11 @@ impl SiameseNet {
             });
         }
         let dtype = self.params[0].1.dtype();
-        let images = if images.dtype() == dtype { images.clone() } else { images.to_dtype(dtype)? };
+        let images = if images.dtype() == dtype {
+            images.clone()
+        } else {
+            images.to_dtype(dtype)?
+        };
         Ok(self.tower.forward(&images)?)
     }
 

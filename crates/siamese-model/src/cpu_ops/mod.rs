@@ -1,1 +1,309 @@
-//! Fast CPU convolution and max-pool as candle custom ops (in progress).
+//! Fast CPU convolution and max-pool as candle custom ops.
+//!
+//! candle 0.11's stock CPU `conv2d` is slow, and its backward pass (a naive
+//! `conv_transpose2d` for the input gradient, a convolution with the gradient as
+//! kernel for the weight gradient) is far slower still. This module provides:
+//!
+//! - [`conv2d_bias_relu`]: a stride-1, unpadded 2-D convolution with the bias and
+//!   (optionally) a ReLU fused in, forward and backward, built on im2col / col2im and
+//!   the `gemm` crate (the one candle itself uses), parallelised with rayon across
+//!   images with single-threaded gemm calls and per-thread reused buffers;
+//! - [`max_pool2x2`]: a 2×2, stride-2 max-pool (floor on odd sizes), forward and
+//!   backward.
+//!
+//! Both take the fast path for contiguous-or-not CPU tensors of dtype `f32` or `f64`
+//! and fall back to candle's stock ops for any other device or dtype, so a model
+//! written with them runs unchanged on CUDA or Metal. Gradients flow through candle's
+//! autograd: `loss.backward()` gives the gradients of the `Var`s used as weights and
+//! biases.
+//!
+//! Conventions (the stock ops may differ on measure-zero events):
+//! - ReLU: the gradient at a pre-activation of exactly zero is zero (PyTorch's
+//!   convention; candle's `relu` passes the gradient through at zero).
+//! - Max-pool ties: the gradient goes to the first maximum of the window in row-major
+//!   order (top-left, top-right, bottom-left, bottom-right), as in PyTorch; candle's
+//!   stock backward spreads it over all maxima.
+
+mod conv;
+mod pool;
+
+#[cfg(test)]
+mod bench;
+#[cfg(test)]
+mod tests;
+
+use std::cell::RefCell;
+
+use candle_core::{DType, Device, Layout, Result, Storage, StorageRef, Tensor, WithDType};
+
+/// `relu?(conv2d(x, w) + b)` with stride 1, no padding, dilation 1 and groups 1.
+///
+/// - `x`: `(n, c, h, w)` images; `w`: `(o, c, kh, kw)` kernels; `b`: `(o,)` biases.
+/// - Returns `(n, o, h - kh + 1, w - kw + 1)`.
+/// - `relu`: apply a ReLU to the result (fused: the backward pass masks the gradient
+///   with the output, zero where the output is zero).
+/// - `input_grad`: whether the backward pass computes the gradient with respect to
+///   `x`. Pass `false` for the first layer, whose input (the images) needs none: it
+///   saves a third of that layer's backward cost. With `false`, `x` is treated as a
+///   constant (no gradient flows into it, on any device).
+///
+/// On CPU with `f32`/`f64` this runs the custom op of this module; on any other
+/// device or dtype it runs candle's `conv2d`, `broadcast_add` and `relu`.
+pub fn conv2d_bias_relu(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    relu: bool,
+    input_grad: bool,
+) -> Result<Tensor> {
+    let (_, c, h, wd) = x.dims4()?;
+    let (o, wc, kh, kw) = w.dims4()?;
+    let bo = b.dims1()?;
+    if wc != c || bo != o {
+        candle_core::bail!(
+            "conv2d_bias_relu: shape mismatch: x {:?}, w {:?}, b {:?}",
+            x.shape(),
+            w.shape(),
+            b.shape()
+        );
+    }
+    if kh == 0 || kw == 0 || h < kh || wd < kw {
+        candle_core::bail!("conv2d_bias_relu: kernel {kh}x{kw} does not fit in the input {h}x{wd}");
+    }
+    if fast_path(&[x, w, b]) {
+        let x = x.contiguous()?;
+        let w = w.contiguous()?;
+        let b = b.contiguous()?;
+        // Computing the input gradient of a tensor that autograd does not track is
+        // wasted work: candle would drop it.
+        let input_grad = input_grad && x.track_op();
+        x.apply_op3(&w, &b, conv::Conv2dBiasRelu { relu, input_grad })
+    } else {
+        let x = if input_grad { x.clone() } else { x.detach() };
+        let y = x.conv2d(w, 0, 1, 1, 1)?;
+        let y = y.broadcast_add(&b.reshape((1, o, 1, 1))?)?;
+        if relu { y.relu() } else { Ok(y) }
+    }
+}
+
+/// 2×2 max-pool with stride 2 of `(n, c, h, w)` into `(n, c, h / 2, w / 2)` (floor:
+/// an odd last row or column is dropped).
+///
+/// On CPU with `f32`/`f64` this runs the custom op of this module (gradient to the
+/// first maximum of each window); elsewhere [`max_pool2x2_stock`].
+pub fn max_pool2x2(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if h < 2 || w < 2 {
+        candle_core::bail!("max_pool2x2: input {h}x{w} is smaller than the 2x2 window");
+    }
+    if fast_path(&[x]) {
+        x.contiguous()?.apply_op1(pool::MaxPool2x2)
+    } else {
+        max_pool2x2_stock(x)
+    }
+}
+
+/// The fallback of [`max_pool2x2`]: the same values as candle's `max_pool2d(2)`, as
+/// two max-reductions, because candle 0.11.1's `max_pool2d` backward is wrong: it
+/// multiplies the gradient by the fraction of maxima in the window (1/4 without
+/// ties) where it should divide by their count. The reductions' backward gives the
+/// whole gradient to every maximum of a window (ties are measure-zero in training).
+pub fn max_pool2x2_stock(x: &Tensor) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let (oh, ow) = (h / 2, w / 2);
+    x.narrow(2, 0, 2 * oh)?
+        .narrow(3, 0, 2 * ow)?
+        .reshape((n, c, oh, 2, ow, 2))?
+        .max(5)?
+        .max(3)
+}
+
+/// Whether the custom ops handle these tensors: all on the CPU, same dtype, f32/f64.
+fn fast_path(ts: &[&Tensor]) -> bool {
+    let dtype = ts[0].dtype();
+    matches!(dtype, DType::F32 | DType::F64)
+        && ts
+            .iter()
+            .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == dtype)
+}
+
+/// Per-thread buffers reused across calls (rayon's worker threads live for the whole
+/// program, so a training loop allocates them once).
+#[derive(Default)]
+pub(crate) struct Scratch<T> {
+    /// im2col columns, or the column gradient before col2im.
+    pub col: Vec<T>,
+    /// A block of outputs or of output gradients.
+    pub tmp: Vec<T>,
+}
+
+/// The element types of the fast path.
+pub(crate) trait Real: WithDType + gemm_elem::GemmElem {
+    const ZERO: Self;
+    const ONE: Self;
+    /// Runs `f` with this thread's scratch buffers (fresh ones if they are in use,
+    /// which only happens if rayon runs another of our tasks inside one of ours).
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R;
+}
+
+thread_local! {
+    static SCRATCH_F32: RefCell<Scratch<f32>> = RefCell::default();
+    static SCRATCH_F64: RefCell<Scratch<f64>> = RefCell::default();
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
+        SCRATCH_F32.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => f(&mut Scratch::default()),
+        })
+    }
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
+        SCRATCH_F64.with(|s| match s.try_borrow_mut() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => f(&mut Scratch::default()),
+        })
+    }
+}
+
+mod gemm_elem {
+    /// Types `gemm::gemm` accepts (it panics on any other).
+    pub trait GemmElem {}
+    impl GemmElem for f32 {}
+    impl GemmElem for f64 {}
+}
+
+/// The first `len` elements of `v`, growing it (with zeros) if needed. The contents
+/// are whatever the last user left: callers overwrite what they read.
+pub(crate) fn buffer<T: Real>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+    if v.len() < len {
+        v.resize(len, T::ZERO);
+    }
+    &mut v[..len]
+}
+
+/// A matrix in a slice: element `(i, j)` is at `i * rs + j * cs`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Strides {
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Strides {
+    pub const fn row_major(cols: usize) -> Self {
+        Self { rs: cols, cs: 1 }
+    }
+    pub const fn col_major(rows: usize) -> Self {
+        Self { rs: 1, cs: rows }
+    }
+    /// Checks that a `rows × cols` matrix with these strides lies in `len` elements.
+    fn check(self, rows: usize, cols: usize, len: usize, what: &str) {
+        let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
+        assert!(
+            last < len,
+            "{what}: {rows}x{cols} matrix with strides {self:?} overruns {len} elements"
+        );
+    }
+}
+
+/// `dst (+)= lhs × rhs` with `dst: m × n`, `lhs: m × k`, `rhs: k × n`; adds to `dst`
+/// if `accumulate`, overwrites it otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    ds: Strides,
+    lhs: &[T],
+    ls: Strides,
+    rhs: &[T],
+    rs: Strides,
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    ds.check(m, n, dst.len(), "matmul dst");
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst[i * ds.rs + j * ds.cs] = T::ZERO;
+                }
+            }
+        }
+        return;
+    }
+    ls.check(m, k, lhs.len(), "matmul lhs");
+    rs.check(k, n, rhs.len(), "matmul rhs");
+    // SAFETY: `gemm::gemm` takes raw pointers and strides. We checked above that every
+    // element it reads or writes lies inside the three slices; `dst` is a unique
+    // borrow so it aliases neither input; `T` is f32 or f64 (sealed by `GemmElem`),
+    // types gemm supports; strides fit in isize since they index into slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            ds.cs as isize,
+            ds.rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            ls.cs as isize,
+            ls.rs as isize,
+            rhs.as_ptr(),
+            rs.cs as isize,
+            rs.rs as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// A read lock on a contiguous CPU tensor's storage, to borrow its elements as a
+/// slice inside `bwd` (which receives tensors rather than storages).
+pub(crate) struct CpuView<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> CpuView<'a> {
+    pub fn new(t: &'a Tensor) -> Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("cpu_ops: expected a contiguous tensor, got {layout:?}")
+        };
+        Ok(Self { guard, start, end })
+    }
+
+    pub fn slice<T: WithDType>(&self) -> Result<&[T]> {
+        match &*self.guard {
+            Storage::Cpu(s) => Ok(&s.as_slice::<T>()?[self.start..self.end]),
+            _ => candle_core::bail!("cpu_ops: expected a CPU tensor"),
+        }
+    }
+}
+
+/// The elements of a contiguous CPU storage, per its layout.
+pub(crate) fn layout_slice<'a, T: WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &Layout,
+) -> Result<&'a [T]> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("cpu_ops: expected a contiguous tensor, got {l:?}")
+    };
+    Ok(&s.as_slice::<T>()?[start..end])
+}

@@ -1,0 +1,520 @@
+//! Stride-1, unpadded 2-D convolution with fused bias and ReLU: im2col + gemm.
+//!
+//! Forward, per block of output columns: im2col the block into a `k × cols` matrix
+//! (`k = c·kh·kw`), then `y[o, cols] = b[o] + w[o, k] · col[k, cols]` with one
+//! single-threaded gemm call, then the ReLU while the block is in cache.
+//!
+//! Backward, per block: im2col again (cheaper than keeping the whole im2col matrix,
+//! 1.4 GB for conv2 at 64 images), mask the output gradient with the output (ReLU),
+//! then `dw += gy · colᵀ`, `db += Σ gy`, and, if wanted, `dcol = wᵀ · gy` followed
+//! by col2im into `dx`.
+//!
+//! A block is a few output rows of one image (so that the im2col buffer stays in L2)
+//! or, for small outputs, several whole images (so that gemm gets enough columns).
+//! Rayon runs whole images in parallel: their outputs and input gradients are
+//! disjoint; weight gradients accumulate per group of images and are summed at the
+//! end.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{CpuView, Real, Scratch, Strides, buffer, layout_slice, matmul};
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// From the dims of `x: (n, c, h, w)` and `w: (o, c, kh, kw)`.
+    pub fn new(
+        (n, c, h, w): (usize, usize, usize, usize),
+        (o, wc, kh, kw): (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        if wc != c || kh == 0 || kw == 0 || h < kh || w < kw {
+            candle_core::bail!(
+                "conv2d: bad shapes x ({n}, {c}, {h}, {w}), w ({o}, {wc}, {kh}, {kw})"
+            );
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            o,
+            kh,
+            kw,
+            oh: h - kh + 1,
+            ow: w - kw + 1,
+        })
+    }
+    /// Rows of the im2col matrix.
+    pub fn k(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Output positions per image and channel.
+    pub fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub fn x_img(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    pub fn y_img(&self) -> usize {
+        self.o * self.p()
+    }
+    pub fn y_shape(&self) -> Shape {
+        Shape::from((self.n, self.o, self.oh, self.ow))
+    }
+    /// Multiply-adds ×2 of the forward pass (also of each backward gemm).
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.o * self.k() * self.p()) as f64
+    }
+}
+
+/// The target size of the im2col buffer of a block: it should stay in L2 (2 MiB per
+/// core here) while gemm streams through it.
+const COL_BYTES: usize = 3 << 19;
+
+/// How the work is cut into blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Images per task (1 unless an image has few output positions).
+    pub imgs: usize,
+    /// Output rows per block of a one-image task (`oh` when `imgs > 1`).
+    pub rows: usize,
+}
+
+impl Plan {
+    pub fn new<T>(g: &ConvGeom) -> Self {
+        Self::with_col_bytes(g, size_of::<T>(), COL_BYTES)
+    }
+
+    pub fn with_col_bytes(g: &ConvGeom, elem: usize, bytes: usize) -> Self {
+        let target = (bytes / (g.k() * elem)).max(1);
+        if g.p() >= target / 2 || g.n == 1 {
+            let rows = (target / g.ow).clamp(1, g.oh);
+            // Even blocks rather than a full ones and a small remainder.
+            let nblocks = g.oh.div_ceil(rows);
+            Self {
+                imgs: 1,
+                rows: g.oh.div_ceil(nblocks),
+            }
+        } else {
+            Self {
+                imgs: (target / g.p()).clamp(1, g.n),
+                rows: g.oh,
+            }
+        }
+    }
+}
+
+/// A block of output columns: rows `r0..r0 + rows` of the images `n0..n0 + imgs` of
+/// a slice of images (all rows when `imgs > 1`). Column `(img, r, q)` of the block
+/// is `(img · rows + r) · ow + q`.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    n0: usize,
+    imgs: usize,
+    r0: usize,
+    rows: usize,
+}
+
+impl Block {
+    fn cols(&self, g: &ConvGeom) -> usize {
+        self.imgs * self.rows * g.ow
+    }
+}
+
+/// The blocks of a task of `imgs` images starting at image `n0`.
+fn blocks(g: &ConvGeom, plan: Plan, n0: usize, imgs: usize) -> impl Iterator<Item = Block> {
+    let (oh, step) = (g.oh, if imgs > 1 { g.oh } else { plan.rows });
+    (0..oh).step_by(step).map(move |r0| Block {
+        n0,
+        imgs,
+        r0,
+        rows: step.min(oh - r0),
+    })
+}
+
+/// gemm's own threads only when there are fewer tasks than threads.
+fn gemm_parallelism(tasks: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if tasks < threads {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `col[(ci, i, j), column] = x[img, ci, r + i, q + j]` over the block's columns.
+fn im2col<T: Real>(g: &ConvGeom, x: &[T], blk: Block, col: &mut [T]) {
+    let cols = blk.cols(g);
+    let seg = blk.rows * g.ow;
+    let plane = g.h * g.w;
+    let mut rows = col.chunks_exact_mut(cols);
+    for ci in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let dst = rows.next().expect("im2col buffer too small");
+                for img in 0..blk.imgs {
+                    let src = &x[((blk.n0 + img) * g.c + ci) * plane..][..plane];
+                    let dst = &mut dst[img * seg..][..seg];
+                    for (r, d) in dst.chunks_exact_mut(g.ow).enumerate() {
+                        let s = (blk.r0 + r + i) * g.w + j;
+                        d.copy_from_slice(&src[s..s + g.ow]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx[img, ci, r + i, q + j] += dcol[(ci, i, j), column]`.
+fn col2im<T: Real>(g: &ConvGeom, dcol: &[T], blk: Block, dx: &mut [T]) {
+    let cols = blk.cols(g);
+    let seg = blk.rows * g.ow;
+    let plane = g.h * g.w;
+    let mut rows = dcol.chunks_exact(cols);
+    for ci in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let src = rows.next().expect("col2im buffer too small");
+                for img in 0..blk.imgs {
+                    let dst = &mut dx[((blk.n0 + img) * g.c + ci) * plane..][..plane];
+                    let src = &src[img * seg..][..seg];
+                    for (r, s) in src.chunks_exact(g.ow).enumerate() {
+                        let d = (blk.r0 + r + i) * g.w + j;
+                        for (d, &s) in dst[d..d + g.ow].iter_mut().zip(s) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `relu?(x + b)`, keeping NaNs.
+#[inline]
+fn bias_relu<T: Real>(v: T, b: T, relu: bool) -> T {
+    let v = v + b;
+    if relu && v < T::ZERO { T::ZERO } else { v }
+}
+
+/// Forward pass: `relu?(conv(x, w) + b)` as `(n, o, oh, ow)`, row-major.
+pub(crate) fn conv_fwd<T: Real>(
+    g: &ConvGeom,
+    plan: Plan,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    relu: bool,
+) -> Vec<T> {
+    assert_eq!(x.len(), g.n * g.x_img());
+    assert_eq!(w.len(), g.o * g.k());
+    assert_eq!(b.len(), g.o);
+    let mut y = vec![T::ZERO; g.n * g.y_img()];
+    if y.is_empty() {
+        return y;
+    }
+    let par = gemm_parallelism(g.n.div_ceil(plan.imgs));
+    y.par_chunks_mut(plan.imgs * g.y_img())
+        .enumerate()
+        .for_each(|(t, y)| {
+            let imgs = y.len() / g.y_img();
+            let x = &x[t * plan.imgs * g.x_img()..][..imgs * g.x_img()];
+            T::with_scratch(|s| {
+                for blk in blocks(g, plan, 0, imgs) {
+                    fwd_block(g, x, w, b, relu, blk, y, s, par);
+                }
+            });
+        });
+    y
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fwd_block<T: Real>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    relu: bool,
+    blk: Block,
+    y: &mut [T],
+    s: &mut Scratch<T>,
+    par: gemm::Parallelism,
+) {
+    let (k, p, cols) = (g.k(), g.p(), blk.cols(g));
+    let col = buffer(&mut s.col, k * cols);
+    im2col(g, x, blk, col);
+    if blk.imgs == 1 {
+        // Straight into the output: preset the bias, accumulate the product.
+        let base = blk.n0 * g.y_img() + blk.r0 * g.ow;
+        for (o, &bo) in b.iter().enumerate() {
+            y[base + o * p..][..cols].fill(bo);
+        }
+        let ys = Strides { rs: p, cs: 1 };
+        let (ws, cs) = (Strides::row_major(k), Strides::row_major(cols));
+        matmul(
+            (g.o, cols, k),
+            &mut y[base..],
+            ys,
+            w,
+            ws,
+            col,
+            cs,
+            true,
+            par,
+        );
+        if relu {
+            for o in 0..g.o {
+                for v in &mut y[base + o * p..][..cols] {
+                    *v = bias_relu(*v, T::ZERO, true);
+                }
+            }
+        }
+    } else {
+        // Columns span images: compute into a buffer, then scatter.
+        let tmp = buffer(&mut s.tmp, g.o * cols);
+        let (ws, cs) = (Strides::row_major(k), Strides::row_major(cols));
+        matmul((g.o, cols, k), tmp, cs, w, ws, col, cs, false, par);
+        for img in 0..blk.imgs {
+            for (o, &bo) in b.iter().enumerate() {
+                let src = &tmp[o * cols + img * p..][..p];
+                let dst = &mut y[(blk.n0 + img) * g.y_img() + o * p..][..p];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = bias_relu(s, bo, relu);
+                }
+            }
+        }
+    }
+}
+
+/// Gradients of a convolution.
+pub(crate) struct ConvGrads<T> {
+    pub dx: Option<Vec<T>>,
+    pub dw: Vec<T>,
+    pub db: Vec<T>,
+}
+
+/// Backward pass, given the forward output `y` (for the ReLU mask) and its
+/// gradient `dy`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_bwd<T: Real>(
+    g: &ConvGeom,
+    plan: Plan,
+    x: &[T],
+    w: &[T],
+    y: &[T],
+    dy: &[T],
+    relu: bool,
+    input_grad: bool,
+) -> ConvGrads<T> {
+    assert_eq!(x.len(), g.n * g.x_img());
+    assert_eq!(w.len(), g.o * g.k());
+    assert_eq!(y.len(), g.n * g.y_img());
+    assert_eq!(dy.len(), y.len());
+    let (k, xi, yi) = (g.k(), g.x_img(), g.y_img());
+    let mut dx = input_grad.then(|| vec![T::ZERO; g.n * xi]);
+    if g.n == 0 {
+        let (dw, db) = (vec![T::ZERO; g.o * k], vec![T::ZERO; g.o]);
+        return ConvGrads { dx, dw, db };
+    }
+    // Groups of whole tasks, each with its own weight-gradient accumulator; a few
+    // per thread so that rayon can balance them if a core is busy elsewhere.
+    let tasks = g.n.div_ceil(plan.imgs);
+    let groups = tasks.min(2 * rayon::current_num_threads()).max(1);
+    let group_imgs = tasks.div_ceil(groups) * plan.imgs;
+    let groups = g.n.div_ceil(group_imgs);
+    let par = gemm_parallelism(groups);
+    let run = |gi: usize, mut dx: Option<&mut [T]>| {
+        let n0 = gi * group_imgs;
+        let imgs = group_imgs.min(g.n - n0);
+        let x = &x[n0 * xi..][..imgs * xi];
+        let y = &y[n0 * yi..][..imgs * yi];
+        let dy = &dy[n0 * yi..][..imgs * yi];
+        let mut dw = vec![T::ZERO; g.o * k];
+        let mut db = vec![T::ZERO; g.o];
+        T::with_scratch(|s| {
+            for t0 in (0..imgs).step_by(plan.imgs) {
+                for blk in blocks(g, plan, t0, plan.imgs.min(imgs - t0)) {
+                    let grads = (&mut dw[..], &mut db[..], dx.as_deref_mut());
+                    bwd_block(g, x, w, y, dy, relu, blk, grads, s, par);
+                }
+            }
+        });
+        (dw, db)
+    };
+    let partials: Vec<(Vec<T>, Vec<T>)> = match dx.as_mut() {
+        Some(dx) => dx
+            .par_chunks_mut(group_imgs * xi)
+            .enumerate()
+            .map(|(gi, dx)| run(gi, Some(dx)))
+            .collect(),
+        None => (0..groups)
+            .into_par_iter()
+            .map(|gi| run(gi, None))
+            .collect(),
+    };
+    let mut partials = partials.into_iter();
+    let (mut dw, mut db) = partials.next().expect("at least one group");
+    for (pw, pb) in partials {
+        dw.iter_mut().zip(&pw).for_each(|(a, &b)| *a += b);
+        db.iter_mut().zip(&pb).for_each(|(a, &b)| *a += b);
+    }
+    ConvGrads { dx, dw, db }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn bwd_block<T: Real>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    y: &[T],
+    dy: &[T],
+    relu: bool,
+    blk: Block,
+    (dw, db, dx): (&mut [T], &mut [T], Option<&mut [T]>),
+    s: &mut Scratch<T>,
+    par: gemm::Parallelism,
+) {
+    let (k, p, cols) = (g.k(), g.p(), blk.cols(g));
+    let seg = blk.rows * g.ow;
+    let Scratch { col, tmp } = s;
+    let col = buffer(col, k * cols);
+    im2col(g, x, blk, col);
+    // The output gradient of the block, masked by the ReLU: gy[o, column].
+    let gy = buffer(tmp, g.o * cols);
+    for img in 0..blk.imgs {
+        for o in 0..g.o {
+            let off = (blk.n0 + img) * g.y_img() + o * p + blk.r0 * g.ow;
+            let (src, out) = (&dy[off..][..seg], &y[off..][..seg]);
+            let dst = &mut gy[o * cols + img * seg..][..seg];
+            if relu {
+                for ((d, &s), &v) in dst.iter_mut().zip(src).zip(out) {
+                    *d = if v > T::ZERO { s } else { T::ZERO };
+                }
+            } else {
+                dst.copy_from_slice(src);
+            }
+        }
+    }
+    for (dbo, row) in db.iter_mut().zip(gy.chunks_exact(cols)) {
+        *dbo += row.iter().fold(T::ZERO, |a, &v| a + v);
+    }
+    // dw[o, k] += gy[o, cols] · col[k, cols]ᵀ
+    let (gs, cs) = (Strides::row_major(cols), Strides::row_major(cols));
+    let cts = Strides::col_major(cols);
+    matmul(
+        (g.o, k, cols),
+        dw,
+        Strides::row_major(k),
+        gy,
+        gs,
+        col,
+        cts,
+        true,
+        par,
+    );
+    if let Some(dx) = dx {
+        // dcol[k, cols] = w[o, k]ᵀ · gy[o, cols], in the im2col buffer, then col2im.
+        let wts = Strides::col_major(k);
+        matmul((k, cols, g.o), col, cs, w, wts, gy, gs, false, par);
+        col2im(g, col, blk, dx);
+    }
+}
+
+/// The custom op: `(x, w, b) -> relu?(conv2d(x, w) + b)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conv2dBiasRelu {
+    pub relu: bool,
+    /// Whether the backward pass computes the input gradient.
+    pub input_grad: bool,
+}
+
+impl Conv2dBiasRelu {
+    fn fwd<T: Real>(
+        &self,
+        g: &ConvGeom,
+        (s1, l1): (&CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        (s3, l3): (&CpuStorage, &Layout),
+    ) -> Result<Vec<T>> {
+        let x = layout_slice::<T>(s1, l1)?;
+        let w = layout_slice::<T>(s2, l2)?;
+        let b = layout_slice::<T>(s3, l3)?;
+        Ok(conv_fwd(g, Plan::new::<T>(g), x, w, b, self.relu))
+    }
+
+    fn bwd_typed<T: Real>(
+        &self,
+        g: &ConvGeom,
+        (x, w, b, y, dy): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = {
+            let (xv, wv) = (CpuView::new(x)?, CpuView::new(w)?);
+            let (yv, dyv) = (CpuView::new(y)?, CpuView::new(dy)?);
+            let (x, w, y, dy) = (xv.slice()?, wv.slice()?, yv.slice()?, dyv.slice()?);
+            let plan = Plan::new::<T>(g);
+            conv_bwd::<T>(g, plan, x, w, y, dy, self.relu, self.input_grad)
+        };
+        let dev = x.device();
+        let dx = grads.dx.map(|v| Tensor::from_vec(v, x.shape(), dev));
+        let dw = Tensor::from_vec(grads.dw, w.shape(), dev)?;
+        let db = Tensor::from_vec(grads.db, b.shape(), dev)?;
+        Ok((dx.transpose()?, Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp3 for Conv2dBiasRelu {
+    fn name(&self) -> &'static str {
+        "conv2d-bias-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeom::new(l1.shape().dims4()?, l2.shape().dims4()?)?;
+        let args = ((s1, l1), (s2, l2), (s3, l3));
+        let y = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(self.fwd(&g, args.0, args.1, args.2)?),
+            CpuStorage::F64(_) => CpuStorage::F64(self.fwd(&g, args.0, args.1, args.2)?),
+            _ => candle_core::bail!("conv2d-bias-relu: unsupported dtype {:?}", s1.dtype()),
+        };
+        Ok((y, g.y_shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = ConvGeom::new(x.dims4()?, w.dims4()?)?;
+        let (res, grad) = (res.contiguous()?, grad_res.contiguous()?);
+        let args = (x, w, b, &res, &grad);
+        match x.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(&g, args),
+            DType::F64 => self.bwd_typed::<f64>(&g, args),
+            dt => candle_core::bail!("conv2d-bias-relu: unsupported dtype {dt:?}"),
+        }
+    }
+}

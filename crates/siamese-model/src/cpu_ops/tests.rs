@@ -1,0 +1,388 @@
+//! Correctness of the custom ops against candle's stock ops, a naive max-pool and
+//! finite differences.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::conv::{ConvGeom, Plan, conv_bwd, conv_fwd};
+use super::{conv2d_bias_relu, max_pool2x2, max_pool2x2_stock};
+
+fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn randn(rng: &mut ChaCha8Rng, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let len = shape.iter().product();
+    let v: Vec<f64> = (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
+}
+
+/// max |a - b| / max |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
+    assert_eq!(a.shape(), b.shape());
+    let a = a.to_dtype(DType::F64)?.flatten_all()?;
+    let b = b.to_dtype(DType::F64)?.flatten_all()?;
+    let diff = (&a - &b)?.abs()?.max(0)?.to_scalar::<f64>()?;
+    let scale = b.abs()?.max(0)?.to_scalar::<f64>()?;
+    Ok(diff / scale.max(1e-30))
+}
+
+fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) -> Result<()> {
+    let e = rel_err(a, b)?;
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+    Ok(())
+}
+
+fn stock_conv(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    let y = x.conv2d(w, 0, 1, 1, 1)?;
+    let y = y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?;
+    if relu { y.relu() } else { Ok(y) }
+}
+
+/// (n, c, h, w, o, kh, kw): batch sizes, channels, kernel sizes, non-square.
+const SHAPES: [(usize, usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 1, 5, 5, 1, 1, 1),
+    (2, 3, 9, 7, 4, 3, 2),
+    (3, 2, 12, 10, 5, 4, 4),
+    (5, 4, 8, 8, 3, 2, 3),
+    (1, 3, 6, 11, 2, 5, 1),
+    (4, 8, 10, 9, 16, 4, 4),
+    (7, 5, 7, 6, 6, 7, 6),
+];
+
+#[test]
+fn conv_forward_and_grads_match_stock() -> Result<()> {
+    let mut r = rng(1);
+    for (i, &(n, c, h, w, o, kh, kw)) in SHAPES.iter().enumerate() {
+        for relu in [false, true] {
+            let what = format!("shape {i} relu {relu}");
+            let x = Var::from_tensor(&randn(&mut r, &[n, c, h, w], DType::F32)?)?;
+            let wt = Var::from_tensor(&randn(&mut r, &[o, c, kh, kw], DType::F32)?)?;
+            let b = Var::from_tensor(&randn(&mut r, &[o], DType::F32)?)?;
+            let ours = conv2d_bias_relu(&x, &wt, &b, relu, true)?;
+            let stock = stock_conv(&x, &wt, &b, relu)?;
+            assert_close(&format!("{what}: forward"), &ours, &stock, 1e-5)?;
+            // A random linear functional of the output, so every gradient entry matters.
+            let probe = randn(&mut r, ours.dims(), DType::F32)?;
+            let g1 = (&ours * &probe)?.sum_all()?.backward()?;
+            let g2 = (&stock * &probe)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("w", &wt), ("b", &b)] {
+                let (a, e) = (g1.get(v).expect("our grad"), g2.get(v).expect("stock grad"));
+                assert_close(&format!("{what}: grad {name}"), a, e, 1e-4)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The kernels under every way of cutting the work: row blocks of one image (with a
+/// remainder), groups of images (with a remainder), in f32 and f64.
+#[test]
+fn conv_kernels_match_stock_for_all_plans() -> Result<()> {
+    let mut r = rng(2);
+    for &(n, c, h, w, o, kh, kw) in &SHAPES[1..] {
+        let g = ConvGeom::new((n, c, h, w), (o, c, kh, kw))?;
+        let mut plans = vec![Plan::new::<f32>(&g)];
+        for rows in [1, 2, 3, g.oh] {
+            plans.push(Plan { imgs: 1, rows });
+        }
+        for imgs in [2, 3, n] {
+            plans.push(Plan { imgs, rows: g.oh });
+        }
+        for relu in [false, true] {
+            let x = randn(&mut r, &[n, c, h, w], DType::F64)?;
+            let wt = randn(&mut r, &[o, c, kh, kw], DType::F64)?;
+            let b = randn(&mut r, &[o], DType::F64)?;
+            let dy = randn(&mut r, &[n, o, g.oh, g.ow], DType::F64)?;
+            // Reference gradients from candle's autograd on the stock ops.
+            let (xv, wv, bv) = (
+                Var::from_tensor(&x)?,
+                Var::from_tensor(&wt)?,
+                Var::from_tensor(&b)?,
+            );
+            let y_ref = stock_conv(&xv, &wv, &bv, relu)?;
+            let grads = (&y_ref * &dy)?.sum_all()?.backward()?;
+            let (dx_ref, dw_ref, db_ref) = (
+                grads.get(&xv).unwrap().clone(),
+                grads.get(&wv).unwrap().clone(),
+                grads.get(&bv).unwrap().clone(),
+            );
+            for dtype in [DType::F32, DType::F64] {
+                for &plan in &plans {
+                    let what = format!("{g:?} {plan:?} relu {relu} {dtype:?}");
+                    let tol = if dtype == DType::F32 { 1e-4 } else { 1e-10 };
+                    let t = |t: &Tensor| t.to_dtype(dtype);
+                    let (x, wt, b, dy) = (t(&x)?, t(&wt)?, t(&b)?, t(&dy)?);
+                    let (y, grads) = if dtype == DType::F32 {
+                        run_kernels::<f32>(&g, plan, &x, &wt, &b, &dy, relu)?
+                    } else {
+                        run_kernels::<f64>(&g, plan, &x, &wt, &b, &dy, relu)?
+                    };
+                    assert_close(&format!("{what}: y"), &y, &y_ref, tol)?;
+                    assert_close(&format!("{what}: dx"), &grads[0], &dx_ref, tol)?;
+                    assert_close(&format!("{what}: dw"), &grads[1], &dw_ref, tol)?;
+                    assert_close(&format!("{what}: db"), &grads[2], &db_ref, tol)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_kernels<T: super::Real>(
+    g: &ConvGeom,
+    plan: Plan,
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    dy: &Tensor,
+    relu: bool,
+) -> Result<(Tensor, [Tensor; 3])> {
+    let v = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
+    let (x, w, b, dy) = (v(x)?, v(w)?, v(b)?, v(dy)?);
+    let y = conv_fwd(g, plan, &x, &w, &b, relu);
+    let gr = conv_bwd(g, plan, &x, &w, &y, &dy, relu, true);
+    let dev = Device::Cpu;
+    let y = Tensor::from_vec(y, (g.n, g.o, g.oh, g.ow), &dev)?;
+    let dx = Tensor::from_vec(gr.dx.unwrap(), (g.n, g.c, g.h, g.w), &dev)?;
+    let dw = Tensor::from_vec(gr.dw, (g.o, g.c, g.kh, g.kw), &dev)?;
+    let db = Tensor::from_vec(gr.db, g.o, &dev)?;
+    Ok((y, [dx, dw, db]))
+}
+
+/// At a pre-activation of exactly zero the fused ReLU passes no gradient; just above
+/// zero it matches the stock ops.
+#[test]
+fn relu_gradient_at_zero() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&Tensor::ones((2, 1, 3, 4), DType::F32, &dev)?)?;
+    let w = Var::from_tensor(&Tensor::ones((2, 1, 2, 2), DType::F32, &dev)?)?;
+    // Channel 0: pre-activation exactly 0 everywhere; channel 1: 0.5 everywhere.
+    let b = Var::from_tensor(&Tensor::new(&[-4f32, -3.5], &dev)?)?;
+    let y = conv2d_bias_relu(&x, &w, &b, true, true)?;
+    assert_eq!(y.i_channel(0)?.abs()?.sum_all()?.to_scalar::<f32>()?, 0.0);
+    let grads = y.sum_all()?.backward()?;
+    let (dx, dw, db) = (
+        grads.get(&x).unwrap(),
+        grads.get(&w).unwrap(),
+        grads.get(&b).unwrap(),
+    );
+    // Only channel 1 contributes: 2 images × 2×3 positions.
+    assert_eq!(db.to_vec1::<f32>()?, [0.0, 12.0]);
+    assert_eq!(dw.get(0)?.flatten_all()?.to_vec1::<f32>()?, [0.0; 4]);
+    assert_eq!(dw.get(1)?.flatten_all()?.to_vec1::<f32>()?, [12.0; 4]);
+    // dx = number of windows covering each pixel, from channel 1 only.
+    let cover = [1f32, 2., 2., 1., 2., 4., 4., 2., 1., 2., 2., 1.];
+    assert_eq!(dx.get(0)?.flatten_all()?.to_vec1::<f32>()?, cover);
+    Ok(())
+}
+
+trait ChannelExt {
+    fn i_channel(&self, c: usize) -> Result<Tensor>;
+}
+impl ChannelExt for Tensor {
+    fn i_channel(&self, c: usize) -> Result<Tensor> {
+        self.narrow(1, c, 1)
+    }
+}
+
+#[test]
+fn input_grad_flag() -> Result<()> {
+    let mut r = rng(3);
+    let x = Var::from_tensor(&randn(&mut r, &[2, 3, 8, 7], DType::F32)?)?;
+    let w = Var::from_tensor(&randn(&mut r, &[4, 3, 3, 3], DType::F32)?)?;
+    let b = Var::from_tensor(&randn(&mut r, &[4], DType::F32)?)?;
+    for input_grad in [false, true] {
+        let y = conv2d_bias_relu(&x, &w, &b, true, input_grad)?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        assert_eq!(grads.get(&x).is_some(), input_grad);
+        assert!(grads.get(&w).is_some() && grads.get(&b).is_some());
+    }
+    // A plain (untracked) input: the weights still get gradients.
+    let y = conv2d_bias_relu(x.as_tensor().detach().as_ref(), &w, &b, false, true)?;
+    let grads = y.sum_all()?.backward()?;
+    assert!(grads.get(&w).is_some() && grads.get(&b).is_some());
+    Ok(())
+}
+
+#[test]
+fn non_contiguous_inputs() -> Result<()> {
+    let mut r = rng(4);
+    // (n, c, w, h) transposed into (n, c, h, w).
+    let x = randn(&mut r, &[3, 2, 7, 9], DType::F32)?.transpose(2, 3)?;
+    let w = randn(&mut r, &[2, 4, 2, 2], DType::F32)?.transpose(0, 1)?;
+    let b = randn(&mut r, &[4, 3], DType::F32)?
+        .narrow(1, 1, 1)?
+        .squeeze(1)?;
+    assert!(!x.is_contiguous() && !w.is_contiguous() && !b.is_contiguous());
+    let ours = conv2d_bias_relu(&x, &w, &b, true, true)?;
+    assert_close(
+        "non-contiguous",
+        &ours,
+        &stock_conv(&x, &w, &b, true)?,
+        1e-5,
+    )
+}
+
+#[test]
+fn other_dtypes_fall_back_to_stock() -> Result<()> {
+    let mut r = rng(5);
+    let x = randn(&mut r, &[2, 2, 6, 6], DType::F16)?;
+    let w = randn(&mut r, &[3, 2, 3, 3], DType::F16)?;
+    let b = randn(&mut r, &[3], DType::F16)?;
+    let ours = conv2d_bias_relu(&x, &w, &b, true, true)?;
+    assert_eq!(ours.dtype(), DType::F16);
+    assert_close("f16", &ours, &stock_conv(&x, &w, &b, true)?, 0.0)?;
+    let p = max_pool2x2(&x)?;
+    assert_close("f16 pool", &p, &x.max_pool2d(2)?, 0.0)
+}
+
+/// A naive max-pool backward with the first-maximum rule.
+fn naive_pool_bwd(x: &[f32], dy: &[f32], (n, c, h, w): (usize, usize, usize, usize)) -> Vec<f32> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut dx = vec![0f32; x.len()];
+    for p in 0..n * c {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut best = (2 * i) * w + 2 * j;
+                for (di, dj) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                    let idx = (2 * i + di) * w + 2 * j + dj;
+                    if x[p * h * w + idx] > x[p * h * w + best] {
+                        best = idx;
+                    }
+                }
+                dx[p * h * w + best] += dy[p * oh * ow + i * ow + j];
+            }
+        }
+    }
+    dx
+}
+
+#[test]
+fn max_pool_matches_stock_and_naive() -> Result<()> {
+    let mut r = rng(6);
+    for (n, c, h, w) in [
+        (1, 1, 2, 2),
+        (2, 3, 8, 6),
+        (3, 2, 7, 9),
+        (1, 4, 5, 5),
+        (2, 2, 3, 10),
+    ] {
+        for dtype in [DType::F32, DType::F64] {
+            let what = format!("pool ({n}, {c}, {h}, {w}) {dtype:?}");
+            let x = Var::from_tensor(&randn(&mut r, &[n, c, h, w], dtype)?)?;
+            let ours = max_pool2x2(&x)?;
+            let stock = x.max_pool2d(2)?;
+            assert_eq!(ours.dims(), [n, c, h / 2, w / 2]);
+            assert_close(&format!("{what}: forward"), &ours, &stock, 0.0)?;
+            let probe = randn(&mut r, ours.dims(), dtype)?;
+            let dx = (&ours * &probe)?
+                .sum_all()?
+                .backward()?
+                .get(&x)
+                .unwrap()
+                .clone();
+            let naive = naive_pool_bwd(
+                &x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+                &probe.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+                (n, c, h, w),
+            );
+            let naive = Tensor::from_vec(naive, (n, c, h, w), &Device::Cpu)?;
+            assert_close(&format!("{what}: backward vs naive"), &dx, &naive, 1e-7)?;
+            // The fallback for other devices and dtypes (random inputs: no ties).
+            let fallback = max_pool2x2_stock(&x)?;
+            assert_close(&format!("{what}: fallback forward"), &fallback, &stock, 0.0)?;
+            let dxs = (&fallback * &probe)?.sum_all()?.backward()?.get(&x).unwrap().clone();
+            assert_close(&format!("{what}: backward vs fallback"), &dx, &dxs, 1e-7)?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn max_pool_ties_go_to_the_first_maximum() -> Result<()> {
+    let dev = Device::Cpu;
+    // Windows (row-major): all equal; max at top-right and bottom-left; max at
+    // bottom-left and bottom-right; plus a dropped odd column.
+    #[rustfmt::skip]
+    let x = Tensor::new(&[[[
+        [1f32, 1., 0., 3., 2., 1.],
+        [1.,   1., 3., 2., 5., 5.],
+    ]]], &dev)?;
+    let x = Var::from_tensor(&x.pad_with_zeros(3, 0, 1)?)?;
+    let y = max_pool2x2(&x)?;
+    assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [1., 3., 5.]);
+    let g = Tensor::new(&[[[[10f32, 20., 30.]]]], &dev)?;
+    let dx = (&y * &g)?.sum_all()?.backward()?.get(&x).unwrap().clone();
+    #[rustfmt::skip]
+    let want = [
+        10f32, 0., 0., 20., 0., 0., 0.,
+        0.,    0., 0., 0., 30., 0., 0.,
+    ];
+    assert_eq!(dx.flatten_all()?.to_vec1::<f32>()?, want);
+    Ok(())
+}
+
+/// Central finite differences in f64 through conv → relu → pool → conv → weighted
+/// sum, for every parameter and the input.
+#[test]
+fn finite_difference_gradients_of_a_tiny_network() -> Result<()> {
+    let mut r = rng(7);
+    let dt = DType::F64;
+    let x = randn(&mut r, &[2, 2, 9, 8], dt)?;
+    let w1 = randn(&mut r, &[3, 2, 3, 3], dt)?;
+    let b1 = randn(&mut r, &[3], dt)?;
+    let w2 = randn(&mut r, &[2, 3, 2, 2], dt)?;
+    let b2 = randn(&mut r, &[2], dt)?;
+    let probe = randn(&mut r, &[2, 2, 2, 2], dt)?;
+    let loss = |p: &[Tensor]| -> Result<Tensor> {
+        let h = conv2d_bias_relu(&p[0], &p[1], &p[2], true, true)?;
+        let h = max_pool2x2(&h)?;
+        let h = conv2d_bias_relu(&h, &p[3], &p[4], false, true)?;
+        (h * &probe)?.sum_all()
+    };
+    let vars = [&x, &w1, &b1, &w2, &b2]
+        .iter()
+        .map(|t| Var::from_tensor(t))
+        .collect::<Result<Vec<_>>>()?;
+    let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = loss(&params)?.backward()?;
+    let eps = 1e-6;
+    for (i, v) in vars.iter().enumerate() {
+        let analytic = grads.get(v).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let base = v.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let mut numeric = vec![0f64; base.len()];
+        for (j, num) in numeric.iter_mut().enumerate() {
+            let at = |d: f64| -> Result<f64> {
+                let mut p = base.clone();
+                p[j] += d;
+                let mut ps: Vec<Tensor> = params.iter().map(|t| t.detach()).collect();
+                ps[i] = Tensor::from_vec(p, v.shape(), &Device::Cpu)?;
+                loss(&ps)?.to_scalar::<f64>()
+            };
+            *num = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        }
+        let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = analytic
+            .iter()
+            .zip(&numeric)
+            .fold(0f64, |m, (a, n)| m.max((a - n).abs()));
+        assert!(
+            err <= 1e-6 * scale.max(1.0),
+            "param {i}: max error {err:e} (scale {scale})"
+        );
+    }
+    Ok(())
+}
+
+/// Why [`max_pool2x2_stock`] exists: candle 0.11.1's `max_pool2d` backward scales the
+/// gradient by 1/4 (without ties). If this fails, candle has fixed it and the fallback
+/// could go back to `max_pool2d`.
+#[test]
+fn stock_max_pool_backward_is_scaled_by_a_quarter() -> Result<()> {
+    let x = Var::from_tensor(&randn(&mut rng(8), &[1, 2, 4, 6], DType::F32)?)?;
+    let ours = max_pool2x2(&x)?.sum_all()?.backward()?.get(&x).unwrap().clone();
+    let stock = x.max_pool2d(2)?.sum_all()?.backward()?.get(&x).unwrap().clone();
+    assert_close("stock x 4", &(stock * 4.0)?, &ours, 1e-7)
+}

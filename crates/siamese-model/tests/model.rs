@@ -1,0 +1,330 @@
+//! The network: parameter counts, shapes, initialisation, the embed/score API, the
+//! loss, training steps and device selection.
+
+use std::sync::OnceLock;
+
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Uniform};
+use siamese_model::{
+    Arch, Device, ModelConfig, ModelError, ParamKind, SiameseNet, Tensor, bce_with_logits,
+    select_device,
+};
+
+/// The paper's network, initialised once for all tests (38.9 million parameters).
+fn koch() -> &'static (SiameseNet, VarMap) {
+    static NET: OnceLock<(SiameseNet, VarMap)> = OnceLock::new();
+    NET.get_or_init(|| SiameseNet::init(ModelConfig::new(Arch::Koch), 0, &Device::Cpu).unwrap())
+}
+
+/// `n` seeded random images of side `s` with values in [0, 1).
+fn images(n: usize, s: usize, seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let uniform = Uniform::new(0f32, 1f32).unwrap();
+    let data: Vec<f32> = (0..n * s * s).map(|_| uniform.sample(&mut rng)).collect();
+    Tensor::from_vec(data, (n, 1, s, s), &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn mean_std(t: &Tensor) -> (f64, f64) {
+    let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn parameter_counts() {
+    assert_eq!(
+        ModelConfig::new(Arch::Koch).num_params().unwrap(),
+        38_951_745
+    );
+    assert_eq!(ModelConfig::new(Arch::Koch).flat_features().unwrap(), 9216);
+    assert_eq!(
+        ModelConfig::new(Arch::Koch35).num_params().unwrap(),
+        8_677_249
+    );
+    assert_eq!(
+        ModelConfig::new(Arch::Koch35).flat_features().unwrap(),
+        2048
+    );
+    let (net, varmap) = koch();
+    assert_eq!(net.num_params(), 38_951_745);
+    let in_varmap: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(in_varmap, 38_951_745);
+    assert_eq!(varmap.all_vars().len(), 12);
+}
+
+#[test]
+fn config_serde_and_names() {
+    assert_eq!(
+        ModelConfig::default(),
+        ModelConfig {
+            arch: Arch::Koch,
+            input_size: 105
+        }
+    );
+    let json = serde_json::to_string(&ModelConfig::new(Arch::Koch35)).unwrap();
+    assert_eq!(json, r#"{"arch":"koch35","input_size":35}"#);
+    assert_eq!(
+        serde_json::from_str::<ModelConfig>(&json).unwrap(),
+        ModelConfig::new(Arch::Koch35)
+    );
+    assert_eq!("KOCH".parse::<Arch>().unwrap(), Arch::Koch);
+    assert!(matches!(
+        "resnet".parse::<Arch>(),
+        Err(ModelError::UnknownArch(_))
+    ));
+    let tiny = ModelConfig {
+        arch: Arch::Koch,
+        input_size: 20,
+    };
+    assert!(matches!(
+        tiny.num_params(),
+        Err(ModelError::InputTooSmall { .. })
+    ));
+}
+
+#[test]
+fn koch_output_shapes() {
+    let (net, _) = koch();
+    let x = images(3, 105, 1);
+    assert_eq!(net.embed(&x).unwrap().dims(), &[3, 4096]);
+    assert_eq!(
+        net.forward_pairs(&x, &images(3, 105, 2)).unwrap().dims(),
+        &[3]
+    );
+    let wrong = images(2, 35, 1);
+    assert!(matches!(
+        net.embed(&wrong),
+        Err(ModelError::InputShape {
+            input_size: 105,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn koch35_output_shapes() {
+    let (net, _) = SiameseNet::init(ModelConfig::new(Arch::Koch35), 0, &Device::Cpu).unwrap();
+    let x = images(5, 35, 1);
+    let e = net.embed(&x).unwrap();
+    assert_eq!(e.dims(), &[5, 4096]);
+    let features: Vec<f32> = e.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(
+        features.iter().all(|&f| (0.0..=1.0).contains(&f)),
+        "sigmoid features"
+    );
+    assert_eq!(
+        net.forward_pairs(&x, &images(5, 35, 2)).unwrap().dims(),
+        &[5]
+    );
+}
+
+#[test]
+fn init_statistics_follow_the_paper() {
+    let (net, _) = koch();
+    let specs = net.config().param_specs().unwrap();
+    for (spec, (name, t)) in specs.iter().zip(net.named_tensors()) {
+        assert_eq!(&spec.name, name);
+        assert_eq!(t.dims(), spec.shape.as_slice());
+        let (mean, std) = mean_std(t);
+        let (want_mean, want_std) = match spec.kind {
+            ParamKind::ConvWeight => (0.0, 0.01),
+            ParamKind::FcWeight => (0.0, 0.2),
+            ParamKind::Bias => (0.5, 0.01),
+        };
+        // Standard errors: the smallest tensors are the head's bias (1 value) and
+        // weight (4096), and conv1's bias (64).
+        let n = t.elem_count() as f64;
+        let mean_tol = 5.0 * want_std / n.sqrt() + 1e-6;
+        assert!(
+            (mean - want_mean).abs() < mean_tol,
+            "{name}: mean {mean}, want {want_mean}"
+        );
+        if n >= 64.0 {
+            assert!(
+                (std / want_std - 1.0).abs() < 0.25,
+                "{name}: std {std}, want {want_std}"
+            );
+        }
+        if n >= 4096.0 {
+            assert!(
+                (std / want_std - 1.0).abs() < 0.05,
+                "{name}: std {std}, want {want_std}"
+            );
+        }
+    }
+}
+
+#[test]
+fn seeded_init_is_reproducible() {
+    let config = ModelConfig::new(Arch::Koch35);
+    let (a, _) = SiameseNet::init(config, 7, &Device::Cpu).unwrap();
+    // Another thread count draws the same numbers.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let (b, _) = pool.install(|| SiameseNet::init(config, 7, &Device::Cpu).unwrap());
+    let (c, _) = SiameseNet::init(config, 8, &Device::Cpu).unwrap();
+    for (((name, ta), (_, tb)), (_, tc)) in a
+        .named_tensors()
+        .iter()
+        .zip(b.named_tensors())
+        .zip(c.named_tensors())
+    {
+        assert_eq!(
+            max_abs_diff(ta, tb),
+            0.0,
+            "{name} differs with the same seed"
+        );
+        assert!(
+            max_abs_diff(ta, tc) > 0.0,
+            "{name} is the same with another seed"
+        );
+    }
+}
+
+#[test]
+fn embed_then_score_equals_forward_pairs() {
+    let (net, _) = SiameseNet::init(ModelConfig::new(Arch::Koch35), 3, &Device::Cpu).unwrap();
+    let (left, right) = (images(4, 35, 10), images(4, 35, 11));
+    let direct = net.forward_pairs(&left, &right).unwrap();
+    let (el, er) = (net.embed(&left).unwrap(), net.embed(&right).unwrap());
+    let via_features = net.score(&el, &er).unwrap();
+    assert!(
+        max_abs_diff(&direct, &via_features) < 1e-4,
+        "{direct} vs {via_features}"
+    );
+
+    let (koch, _) = koch();
+    let (left, right) = (images(2, 105, 12), images(2, 105, 13));
+    let direct = koch.forward_pairs(&left, &right).unwrap();
+    let via = koch
+        .score(&koch.embed(&left).unwrap(), &koch.embed(&right).unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&direct, &via) < 1e-3, "{direct} vs {via}");
+}
+
+#[test]
+fn head_is_symmetric() {
+    let (net, _) = SiameseNet::init(ModelConfig::new(Arch::Koch35), 4, &Device::Cpu).unwrap();
+    let a = net.embed(&images(6, 35, 20)).unwrap();
+    let b = net.embed(&images(6, 35, 21)).unwrap();
+    let ab: Vec<f32> = net.score(&a, &b).unwrap().to_vec1().unwrap();
+    let ba: Vec<f32> = net.score(&b, &a).unwrap().to_vec1().unwrap();
+    assert_eq!(ab, ba);
+    // Identical features: zero distance, so the logit is the head's bias.
+    let aa: Vec<f32> = net.score(&a, &a).unwrap().to_vec1().unwrap();
+    let bias: Vec<f32> = net.named_tensors().last().unwrap().1.to_vec1().unwrap();
+    assert!(aa.iter().all(|&x| x == bias[0]));
+}
+
+#[test]
+fn detached_network_gives_the_same_features() {
+    let (net, _) = SiameseNet::init(ModelConfig::new(Arch::Koch35), 5, &Device::Cpu).unwrap();
+    let x = images(3, 35, 30);
+    let frozen = net.detach();
+    assert_eq!(
+        max_abs_diff(&net.embed(&x).unwrap(), &frozen.embed(&x).unwrap()),
+        0.0
+    );
+}
+
+#[test]
+fn bce_with_logits_is_stable() {
+    let logits = Tensor::new(&[100f32, -100.0, 0.0, 30.0], &Device::Cpu).unwrap();
+    let targets = Tensor::new(&[1f32, 0.0, 1.0, 0.0], &Device::Cpu).unwrap();
+    let loss: f32 = bce_with_logits(&logits, &targets)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let want = (2f32.ln() + 30.0) / 4.0;
+    assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
+
+    let var = candle_core::Var::from_tensor(&logits).unwrap();
+    let grads = bce_with_logits(var.as_tensor(), &targets)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().to_vec1().unwrap();
+    // d/dx = (sigmoid(x) - y) / n.
+    let want = [0.0, 0.0, -0.125, 0.25];
+    for (g, w) in g.iter().zip(want) {
+        assert!((g - w).abs() < 1e-5, "{g:?}");
+    }
+}
+
+#[test]
+fn adam_steps_reduce_the_loss() {
+    let (net, varmap) = SiameseNet::init(ModelConfig::new(Arch::Koch35), 6, &Device::Cpu).unwrap();
+    let (left, right) = (images(4, 35, 40), images(4, 35, 41));
+    let y = Tensor::new(&[1f32, 0., 1., 0.], &Device::Cpu).unwrap();
+    let params = ParamsAdamW {
+        lr: 1e-3,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut opt = AdamW::new(varmap.all_vars(), params).unwrap();
+    let loss =
+        |net: &SiameseNet| bce_with_logits(&net.forward_pairs(&left, &right).unwrap(), &y).unwrap();
+    let first: f32 = loss(&net).to_scalar().unwrap();
+    for _ in 0..3 {
+        opt.backward_step(&loss(&net)).unwrap();
+    }
+    let last: f32 = loss(&net).to_scalar().unwrap();
+    assert!(last.is_finite() && last < first, "loss {first} -> {last}");
+}
+
+#[test]
+fn device_selection() {
+    assert!(select_device("cpu").unwrap().is_cpu());
+    assert!(matches!(
+        select_device("gpu"),
+        Err(ModelError::UnknownDevice(_))
+    ));
+    assert!(matches!(
+        select_device("cuda:x"),
+        Err(ModelError::UnknownDevice(_))
+    ));
+    #[cfg(not(feature = "cuda"))]
+    {
+        let err = select_device("cuda").unwrap_err();
+        assert!(matches!(
+            err,
+            ModelError::DeviceNotCompiled {
+                feature: "cuda",
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("--features cuda"), "{err}");
+        assert!(matches!(
+            select_device("cuda:1"),
+            Err(ModelError::DeviceNotCompiled { .. })
+        ));
+    }
+    #[cfg(not(feature = "metal"))]
+    assert!(matches!(
+        select_device("metal"),
+        Err(ModelError::DeviceNotCompiled {
+            feature: "metal",
+            ..
+        })
+    ));
+    #[cfg(not(any(feature = "cuda", feature = "metal")))]
+    assert!(select_device("auto").unwrap().is_cpu());
+}
