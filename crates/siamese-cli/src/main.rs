@@ -5,6 +5,7 @@
 mod bench;
 mod bench_train;
 mod data_source;
+mod eval;
 mod info;
 
 use anyhow::Result;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Show what a split holds: alphabets, characters and images of each part.
     Data(info::DataArgs),
+    /// One-shot accuracy of the network or a baseline, with a 95% interval.
+    Eval(eval::EvalArgs),
     /// Measure throughput (one JSON line with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -50,6 +53,7 @@ fn run(cli: Cli) -> Result<()> {
     let progress = !cli.quiet;
     match cli.command {
         Command::Data(args) => info::run(&args, progress),
+        Command::Eval(args) => eval::run(&args, progress),
         Command::Bench(cmd) => bench::run(&cmd, progress),
     }
 }

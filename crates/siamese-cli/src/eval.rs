@@ -1,0 +1,258 @@
+//! `eval`: one-shot accuracy of the network or a baseline, with a 95% interval.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use siamese_data::lake::load_runs;
+use siamese_data::sample::TaskSpec;
+use siamese_data::{OmniglotSet, Part, SplitName};
+use siamese_eval::{
+    EvalOptions, EvalReport, ModifiedHausdorff, OneShotScorer, PixelNn, TrialSet, evaluate,
+    koch_trial_count, save_sheet, siamese_scorer,
+};
+use siamese_model::{SiameseNet, select_device};
+
+use crate::data_source::DataSourceArgs;
+
+/// Where `eval` and `classify` look for a model when `--model` is not given.
+pub const DEFAULT_RUN: &str = "runs/latest";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// The trained network (needs a checkpoint).
+    Siamese,
+    /// Modified Hausdorff Distance on the inked pixels (Lake et al.'s baseline).
+    Hausdorff,
+    /// 1-nearest-neighbour on raw pixels (L2).
+    PixelNn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EvalPart {
+    Test,
+    #[value(alias = "validation")]
+    Val,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub source: DataSourceArgs,
+    /// Method to evaluate.
+    #[arg(long, value_enum, default_value = "siamese")]
+    pub method: Method,
+    /// Checkpoint file, or a run folder (uses its best checkpoint)
+    /// [default: runs/latest].
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Candidates per trial.
+    #[arg(long, default_value_t = 20)]
+    pub way: usize,
+    /// Examples per candidate class.
+    #[arg(long, default_value_t = 1)]
+    pub shots: usize,
+    /// Number of trials [default: Koch's 400 on test, 320 on validation].
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Which held-out part of the evaluation alphabets.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: EvalPart,
+    /// Candidates from the query's alphabet (Koch's and Lake's protocol; the default).
+    #[arg(long, conflicts_with = "any_alphabet")]
+    pub within_alphabet: bool,
+    /// Candidates from any alphabet (easier).
+    #[arg(long)]
+    pub any_alphabet: bool,
+    /// Evaluate on Lake's 20 official runs instead [default DIR: <data>/all_runs].
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub lake_runs: Option<Option<PathBuf>>,
+    /// Seed of the trial sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Device for the network: auto, cpu, cuda[:N], metal.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Images per embedding batch.
+    #[arg(long, default_value_t = 128)]
+    pub batch: usize,
+    /// Write a picture of a few trials (query, candidates, truth and choice marked).
+    #[arg(long, value_name = "FILE.png")]
+    pub save_sheet: Option<PathBuf>,
+    /// Trials on the sheet.
+    #[arg(long, default_value_t = 8)]
+    pub sheet_rows: usize,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
+    if args.way < 2 || args.shots == 0 || args.batch == 0 {
+        bail!("--way must be at least 2, --shots and --batch at least 1");
+    }
+    match args.method {
+        Method::Siamese => {
+            let (net, path) = load_model(args.model.as_deref(), &args.device)?;
+            let name = format!("siamese {}", path.display());
+            run_with(&siamese_scorer(&net, &name), args, progress)
+        }
+        Method::Hausdorff => run_with(&ModifiedHausdorff::default(), args, progress),
+        Method::PixelNn => run_with(&PixelNn, args, progress),
+    }
+}
+
+fn run_with<S: OneShotScorer>(scorer: &S, args: &EvalArgs, progress: bool) -> Result<()> {
+    let options = EvalOptions {
+        embed_batch: args.batch,
+        keep_trials: args.save_sheet.is_some(),
+        ..EvalOptions::default()
+    };
+    let report = if let Some(dir) = &args.lake_runs {
+        let dir = match dir {
+            Some(dir) => dir.clone(),
+            None => {
+                args.source.ensure(&[OmniglotSet::AllRuns], progress)?;
+                args.source.data.join(OmniglotSet::AllRuns.folder())
+            }
+        };
+        let runs = load_runs(&dir)
+            .with_context(|| format!("loading Lake's runs from {}", dir.display()))?;
+        let set = TrialSet::lake(&runs)?.with_data_label(dir.display().to_string());
+        finish(scorer, &set, &options, args)?
+    } else {
+        let part = match args.split {
+            EvalPart::Test => Part::Test,
+            EvalPart::Val => Part::Validation,
+        };
+        // Every named split holds out the same evaluation parts.
+        let split = SplitName::Koch;
+        args.source.ensure(&[OmniglotSet::Evaluation], progress)?;
+        let data = split
+            .index(part, &args.source.data)
+            .and_then(|idx| idx.load())
+            .with_context(|| format!("loading the {part} part of the evaluation alphabets"))?;
+        let trials = args.trials.unwrap_or_else(|| koch_trial_count(part));
+        let within = !args.any_alphabet;
+        let set = if args.shots == 1 && within {
+            TrialSet::koch(&data, args.way, trials, args.seed)?
+        } else {
+            let spec = TaskSpec {
+                way: args.way,
+                shots: args.shots,
+                within_alphabet: within,
+            };
+            TrialSet::tasks(&data, spec, trials, args.seed)?
+        };
+        let set = set.with_data_label(format!("{split}/{part}"));
+        finish(scorer, &set, &options, args)?
+    };
+    print_report(&report, args.json)
+}
+
+fn finish<S: OneShotScorer>(
+    scorer: &S,
+    set: &TrialSet<'_>,
+    options: &EvalOptions,
+    args: &EvalArgs,
+) -> Result<EvalReport> {
+    let report = evaluate(scorer, set, options)?;
+    if let Some(path) = &args.save_sheet {
+        save_sheet(set, &report, args.sheet_rows, path)?;
+        tracing::info!("wrote {}", path.display());
+    }
+    Ok(report)
+}
+
+/// The checkpoint a `--model` value names: a file as is, a folder's
+/// `best/model.safetensors`.
+pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
+    let given = model.unwrap_or(Path::new(DEFAULT_RUN));
+    let path = if given.is_dir() {
+        given.join("best").join("model.safetensors")
+    } else {
+        given.to_path_buf()
+    };
+    if !path.is_file() {
+        if model.is_none() {
+            bail!(
+                "no model: {} does not exist. Train one with `siamese-cli train`, or pass \
+                 --model <checkpoint or run folder>, or use --method hausdorff|pixel-nn",
+                path.display()
+            );
+        }
+        bail!(
+            "--model {}: {} is not a checkpoint file",
+            given.display(),
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Loads a checkpoint onto the chosen device, for evaluation (no gradients).
+pub fn load_model(model: Option<&Path>, device: &str) -> Result<(SiameseNet, PathBuf)> {
+    let path = resolve_model_path(model)?;
+    let device = select_device(device)?;
+    let (net, info) = SiameseNet::load(&path, None, &device)?;
+    tracing::info!("loaded {} ({})", path.display(), info.config);
+    Ok((net.detach(), path))
+}
+
+fn print_report(r: &EvalReport, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let mut value = serde_json::to_value(r)?;
+        if let Some(obj) = value.as_object_mut() {
+            // The per-trial records and the image table are for pictures, not for
+            // scripts reading the summary.
+            obj.remove("records");
+            obj.remove("images");
+        }
+        serde_json::to_writer(&mut out, &value)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "method    {}", r.method)?;
+    writeln!(out, "data      {}", r.data)?;
+    writeln!(out, "protocol  {}", serde_json::to_string(&r.protocol)?)?;
+    if let Some(seed) = r.seed {
+        writeln!(out, "seed      {seed}")?;
+    }
+    writeln!(
+        out,
+        "accuracy  {:.2}% ({}/{}), 95% CI [{:.2}%, {:.2}%]; {} ties (counted wrong)",
+        100.0 * r.accuracy,
+        r.correct,
+        r.trials,
+        100.0 * r.ci95_low,
+        100.0 * r.ci95_high,
+        r.ties
+    )?;
+    if let Some(mean) = r.mean_run_error_percent {
+        writeln!(out, "mean error over runs {mean:.2}%")?;
+    }
+    writeln!(
+        out,
+        "time      embed {:.2} s ({} images), score {:.2} s",
+        r.timing.embed_seconds, r.timing.images_embedded, r.timing.score_seconds
+    )?;
+    for (title, rows) in [("alphabet", &r.per_alphabet), ("run", &r.per_run)] {
+        if rows.is_empty() {
+            continue;
+        }
+        writeln!(out, "\n{title:<36} {:>7} {:>9}", "correct", "accuracy")?;
+        for g in rows.iter() {
+            writeln!(
+                out,
+                "{:<36} {:>3}/{:<3} {:>8.1}%",
+                g.name,
+                g.correct,
+                g.trials,
+                100.0 * g.accuracy
+            )?;
+        }
+    }
+    Ok(())
+}
