@@ -23,6 +23,7 @@ pub mod sample;
 pub mod sets;
 pub mod split;
 pub mod tensor;
+pub mod user_image;
 
 pub use error::DataError;
 pub use image::GrayImage;
