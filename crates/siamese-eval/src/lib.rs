@@ -43,6 +43,7 @@ mod scorer;
 mod sheet;
 mod siamese;
 mod stats;
+mod verify;
 
 pub use baselines::{
     ModifiedHausdorff, PixelNn, PixelVector, PointSet, l2_distance, modified_hausdorff_distance,
@@ -60,3 +61,4 @@ pub use scorer::{CandleScorer, Embeddings, OneShotScorer};
 pub use sheet::{draw_sheet, pick_trials, save_sheet};
 pub use siamese::siamese_scorer;
 pub use stats::{Z95, wilson_interval};
+pub use verify::{ThresholdAccuracy, VerifyReport, accuracy_at, best_threshold, verify};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::Serialize;
+use siamese_data::GrayImage;
 use tracing::{debug, info};
 
 use crate::EvalError;
@@ -192,9 +193,6 @@ pub fn evaluate<S: OneShotScorer + ?Sized>(
     options: &EvalOptions,
 ) -> Result<EvalReport, EvalError> {
     set.validate()?;
-    if options.embed_batch == 0 || options.pair_batch == 0 {
-        return Err(EvalError::Invalid("batch sizes must be positive".into()));
-    }
     let method = scorer.name();
 
     // Rows of the distinct images in use.
@@ -216,39 +214,7 @@ pub fn evaluate<S: OneShotScorer + ?Sized>(
         "evaluating"
     );
 
-    let start = Instant::now();
-    let mut parts = Vec::with_capacity(used.len().div_ceil(options.embed_batch));
-    for chunk in used.chunks(options.embed_batch) {
-        let images: Vec<_> = chunk.iter().map(|&i| set.images[i].image).collect();
-        let part = scorer.embed(&images)?;
-        if part.rows() != images.len() {
-            return Err(EvalError::method(
-                &method,
-                format!(
-                    "embedding {} images gave {} rows",
-                    images.len(),
-                    part.rows()
-                ),
-            ));
-        }
-        parts.push(part);
-    }
-    let embed_calls = parts.len();
-    let embeddings = S::Embeddings::concat(parts)?;
-    if embeddings.rows() != used.len() {
-        return Err(EvalError::method(
-            &method,
-            format!(
-                "{} embedded images joined into {} rows",
-                used.len(),
-                embeddings.rows()
-            ),
-        ));
-    }
-    let embed_seconds = start.elapsed().as_secs_f64();
-    debug!(embed_seconds, embed_calls, "embedded");
-
-    let start = Instant::now();
+    let images: Vec<&GrayImage> = used.iter().map(|&i| set.images[i].image).collect();
     let row_of = &row_of;
     let pairs: Vec<(usize, usize)> = set
         .trials
@@ -258,19 +224,11 @@ pub fn evaluate<S: OneShotScorer + ?Sized>(
             t.classes.iter().flatten().map(move |&i| (q, row_of[i]))
         })
         .collect();
-    let mut pair_scores = Vec::with_capacity(pairs.len());
-    let mut score_calls = 0;
-    for chunk in pairs.chunks(options.pair_batch) {
-        let scores = scorer.score_pairs(&embeddings, chunk)?;
-        if scores.len() != chunk.len() {
-            return Err(EvalError::method(
-                &method,
-                format!("scoring {} pairs gave {} scores", chunk.len(), scores.len()),
-            ));
-        }
-        pair_scores.extend(scores);
-        score_calls += 1;
-    }
+    let scored = score_image_pairs(scorer, &images, &pairs, options)?;
+    let (embed_calls, embed_seconds) = (scored.embed_calls, scored.embed_seconds);
+    let score_calls = scored.score_calls;
+    let start = Instant::now();
+    let pair_scores = scored.scores;
 
     let mut records = Vec::with_capacity(if options.keep_trials {
         set.trials.len()
@@ -316,7 +274,7 @@ pub fn evaluate<S: OneShotScorer + ?Sized>(
             });
         }
     }
-    let score_seconds = start.elapsed().as_secs_f64();
+    let score_seconds = scored.score_seconds + start.elapsed().as_secs_f64();
 
     let trials = set.trials.len();
     let (ci95_low, ci95_high) = wilson_interval(correct, trials, Z95)?;
@@ -420,4 +378,76 @@ mod tests {
         assert!(reduce([f64::NAN, 1.0].into_iter(), 2, ShotReduce::Max).is_nan());
         assert!(reduce([f64::NAN, 1.0].into_iter(), 2, ShotReduce::Mean).is_nan());
     }
+}
+
+/// Pair scores and where the time went.
+pub(crate) struct ScoredPairs {
+    pub scores: Vec<f64>,
+    pub embed_calls: usize,
+    pub score_calls: usize,
+    pub embed_seconds: f64,
+    pub score_seconds: f64,
+}
+
+/// Embeds each of `images` once, in batches of `embed_batch`, then scores `pairs` of
+/// indices into `images` from the embeddings, in batches of `pair_batch`. Checks that
+/// the method returns as many rows and scores as asked.
+pub(crate) fn score_image_pairs<S: OneShotScorer + ?Sized>(
+    scorer: &S,
+    images: &[&GrayImage],
+    pairs: &[(usize, usize)],
+    options: &EvalOptions,
+) -> Result<ScoredPairs, EvalError> {
+    if options.embed_batch == 0 || options.pair_batch == 0 {
+        return Err(EvalError::Invalid("batch sizes must be positive".into()));
+    }
+    let method = scorer.name();
+    let start = Instant::now();
+    let mut parts = Vec::with_capacity(images.len().div_ceil(options.embed_batch));
+    for chunk in images.chunks(options.embed_batch) {
+        let part = scorer.embed(chunk)?;
+        if part.rows() != chunk.len() {
+            return Err(EvalError::method(
+                &method,
+                format!("embedding {} images gave {} rows", chunk.len(), part.rows()),
+            ));
+        }
+        parts.push(part);
+    }
+    let embed_calls = parts.len();
+    let embeddings = S::Embeddings::concat(parts)?;
+    if embeddings.rows() != images.len() {
+        return Err(EvalError::method(
+            &method,
+            format!(
+                "{} embedded images joined into {} rows",
+                images.len(),
+                embeddings.rows()
+            ),
+        ));
+    }
+    let embed_seconds = start.elapsed().as_secs_f64();
+    debug!(embed_seconds, embed_calls, "embedded");
+
+    let start = Instant::now();
+    let mut scores = Vec::with_capacity(pairs.len());
+    let mut score_calls = 0;
+    for chunk in pairs.chunks(options.pair_batch) {
+        let s = scorer.score_pairs(&embeddings, chunk)?;
+        if s.len() != chunk.len() {
+            return Err(EvalError::method(
+                &method,
+                format!("scoring {} pairs gave {} scores", chunk.len(), s.len()),
+            ));
+        }
+        scores.extend(s);
+        score_calls += 1;
+    }
+    Ok(ScoredPairs {
+        scores,
+        embed_calls,
+        score_calls,
+        embed_seconds,
+        score_seconds: start.elapsed().as_secs_f64(),
+    })
 }

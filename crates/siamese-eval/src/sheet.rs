@@ -42,14 +42,21 @@ pub fn pick_trials(report: &EvalReport, rows: usize) -> Vec<usize> {
 
 /// Draws the trials [`pick_trials`] chooses. Each class shows its first example. The
 /// report must come from [`crate::evaluate`] on `set` with `keep_trials`.
-pub fn draw_sheet(set: &TrialSet<'_>, report: &EvalReport, rows: usize) -> Result<RgbImage, EvalError> {
+pub fn draw_sheet(
+    set: &TrialSet<'_>,
+    report: &EvalReport,
+    rows: usize,
+) -> Result<RgbImage, EvalError> {
     if report.records.is_empty() {
         return Err(EvalError::Invalid(
             "the report keeps no trials to draw (evaluate with keep_trials)".into(),
         ));
     }
     let picked = pick_trials(report, rows);
-    let first = set.images.first().ok_or_else(|| EvalError::Invalid("no images".into()))?;
+    let first = set
+        .images
+        .first()
+        .ok_or_else(|| EvalError::Invalid("no images".into()))?;
     let (w, h) = (first.image.width() as u32, first.image.height() as u32);
     let cell_w = w + 2 * FRAME;
     let cell_h = h + 2 * FRAME;
@@ -74,9 +81,9 @@ pub fn draw_sheet(set: &TrialSet<'_>, report: &EvalReport, rows: usize) -> Resul
             } else {
                 None
             };
-            let id = *examples
-                .first()
-                .ok_or_else(|| EvalError::Invalid(format!("trial {t}: a class without examples")))?;
+            let id = *examples.first().ok_or_else(|| {
+                EvalError::Invalid(format!("trial {t}: a class without examples"))
+            })?;
             paste(&mut sheet, set, id, x, y, frame)?;
         }
     }
@@ -92,10 +99,20 @@ pub fn save_sheet(
     path: &Path,
 ) -> Result<(), EvalError> {
     let sheet = draw_sheet(set, report, rows)?;
-    let io = |e: std::io::Error| EvalError::Invalid(format!("cannot write {}: {e}", path.display()));
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| EvalError::Invalid(format!("{} is not a file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
+    let io =
+        |e: std::io::Error| EvalError::Invalid(format!("cannot write {}: {e}", path.display()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| EvalError::Invalid(format!("{} is not a file name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = sheet
         .save_with_format(&tmp, image::ImageFormat::Png)
         .map_err(|e| EvalError::Invalid(format!("cannot write {}: {e}", path.display())))

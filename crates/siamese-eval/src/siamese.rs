@@ -2,8 +2,8 @@
 
 use siamese_model::SiameseNet;
 
-use crate::scorer::CandleScorer;
 use crate::OneShotScorer;
+use crate::scorer::CandleScorer;
 
 /// The network as a [`OneShotScorer`]: the tower embeds each image once, the head
 /// scores (query, candidate) pairs of embeddings; the score is the head's logit.
