@@ -7,6 +7,7 @@ mod bench_train;
 mod data_source;
 mod eval;
 mod info;
+mod predict;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +33,12 @@ enum Command {
     Data(info::DataArgs),
     /// One-shot accuracy of the network or a baseline, with a 95% interval.
     Eval(eval::EvalArgs),
+    /// Binary same/different accuracy on balanced pairs of the evaluation alphabets.
+    Verify(predict::VerifyArgs),
+    /// The probability that two images show the same character.
+    Compare(predict::CompareArgs),
+    /// Rank the classes of a support folder (one example each) for each query image.
+    Classify(predict::ClassifyArgs),
     /// Measure throughput (one JSON line with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -54,6 +61,9 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(args) => info::run(&args, progress),
         Command::Eval(args) => eval::run(&args, progress),
+        Command::Verify(args) => predict::run_verify(&args, progress),
+        Command::Compare(args) => predict::compare(&args),
+        Command::Classify(args) => predict::classify(&args),
         Command::Bench(cmd) => bench::run(&cmd, progress),
     }
 }
