@@ -1,9 +1,13 @@
 //! Helpers for the end-to-end tests in `tests/tests/`, which drive the `siamese-cli`
-//! binary as a user would.
+//! binary as a user would, and for the integration tests of the library crates: where
+//! the offline Omniglot mirror is, and a copy of the data set extracted once.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+use siamese_data::fetch::{FetchOptions, Source, fetch, is_present};
+use siamese_data::{MIRROR_ENV, OmniglotSet};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
@@ -34,18 +38,52 @@ pub fn cli_binary() -> PathBuf {
 }
 
 /// The offline mirror of the Omniglot zips: `$OMNIGLOT_MIRROR`, else
-/// `<workspace>/../shared/omniglot`.
+/// `<workspace>/../shared/omniglot`. Panics with a clear message when neither holds
+/// the zips, since the data tests cannot run without them.
 pub fn mirror_dir() -> PathBuf {
-    let dir = std::env::var_os("OMNIGLOT_MIRROR")
+    let dir = std::env::var_os(MIRROR_ENV)
         .filter(|m| !m.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("../shared/omniglot"));
     assert!(
         dir.join("images_evaluation.zip").is_file(),
-        "no Omniglot mirror at {}: set OMNIGLOT_MIRROR to a folder holding the Omniglot zips",
+        "no Omniglot mirror at {}: set {MIRROR_ENV} to a folder holding the Omniglot zips \
+         (images_background.zip, ...)",
         dir.display()
     );
-    dir
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// Every set, extracted from [`mirror_dir`] into `<workspace>/target/test-data/omniglot`
+/// once (only the sets not already present and verified); returns that folder. Safe
+/// when several test threads or binaries call it at once: each extracts to its own
+/// temporary folder and the losers of the final rename find the set installed.
+pub fn extracted_dataset() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dest = workspace_root().join("target/test-data/omniglot");
+        let missing: Vec<OmniglotSet> = OmniglotSet::ALL
+            .into_iter()
+            .filter(|&s| !is_present(&dest, s))
+            .collect();
+        if !missing.is_empty() {
+            let options = FetchOptions {
+                dest: dest.clone(),
+                source: Source::Dir(mirror_dir()),
+                sets: missing,
+                force: false,
+                progress: false,
+            };
+            if let Err(e) = fetch(&options) {
+                panic!(
+                    "cannot extract the test data set into {}: {e}",
+                    dest.display()
+                );
+            }
+        }
+        dest
+    })
+    .clone()
 }
 
 /// Runs the CLI with `args` and no inherited mirror variable; returns (success,

@@ -433,7 +433,7 @@ fn ensure_fetches_missing_sets_or_says_how_to_get_them() {
 #[test]
 fn extracted_dataset_holds_every_test_set() {
     let root = common::extracted_dataset();
-    for set in common::TEST_SETS {
+    for set in siamese_data::OmniglotSet::ALL {
         assert!(is_present(&root, set), "{set}");
     }
     assert_eq!(common::extracted_dataset(), root);
