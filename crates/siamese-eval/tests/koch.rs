@@ -102,8 +102,16 @@ fn modified_hausdorff_on_kochs_validation_trials() {
 #[test]
 fn verification_chooses_its_threshold_on_validation_pairs() {
     let root = common::extracted_dataset();
-    let val = SplitName::Koch.index(Part::Validation, &root).unwrap().load().unwrap();
-    let test = SplitName::Koch.index(Part::Test, &root).unwrap().load().unwrap();
+    let val = SplitName::Koch
+        .index(Part::Validation, &root)
+        .unwrap()
+        .load()
+        .unwrap();
+    let test = SplitName::Koch
+        .index(Part::Test, &root)
+        .unwrap()
+        .load()
+        .unwrap();
     let negatives = siamese_data::sample::NegativeFrom::SameAlphabet;
     let opts = EvalOptions::default();
     let r = siamese_eval::verify(&PixelNn, &val, &test, 400, negatives, 0, &opts).unwrap();
@@ -114,7 +122,11 @@ fn verification_chooses_its_threshold_on_validation_pairs() {
     assert_eq!(r.at_half.pairs, 400);
     // A threshold fitted on validation pairs does better on them, and carries over.
     assert!(r.validation.accuracy > 0.55, "{}", r.validation.accuracy);
-    assert!(r.at_validation_threshold.accuracy > 0.52, "{}", r.at_validation_threshold.accuracy);
+    assert!(
+        r.at_validation_threshold.accuracy > 0.52,
+        "{}",
+        r.at_validation_threshold.accuracy
+    );
     assert!(r.at_validation_threshold.threshold < 0.5);
     let again = siamese_eval::verify(&PixelNn, &val, &test, 400, negatives, 0, &opts).unwrap();
     assert_eq!(again, r);

@@ -107,8 +107,16 @@ fn a_sheet_shows_the_truth_and_the_wrong_choices() {
     let count = |rgb: [u8; 3]| sheet.pixels().filter(|p| p.0 == rgb).count();
     let frame = 111 * 111 - 105 * 105; // pixels of one 3-px frame ring
     assert_eq!(count([30, 160, 60]), 6 * frame, "one truth frame per row");
-    assert_eq!(count([210, 40, 40]), 3 * frame, "one wrong-choice frame per wrong row");
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "no temporary left");
+    assert_eq!(
+        count([210, 40, 40]),
+        3 * frame,
+        "one wrong-choice frame per wrong row"
+    );
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        1,
+        "no temporary left"
+    );
     let empty = evaluate(
         &PixelNn,
         &set,
