@@ -16,12 +16,7 @@ pub struct ConvLayer {
 
 impl Module for ConvLayer {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = layers::conv2d_relu(x, &self.weight, &self.bias)?;
-        if self.pool {
-            layers::max_pool2(&y)
-        } else {
-            Ok(y)
-        }
+        layers::conv2d_relu_maybe_pool(x, &self.weight, &self.bias, self.pool)
     }
 }
 

@@ -76,14 +76,19 @@ impl ConvGeom {
         Shape::from((self.n, self.o, self.oh, self.ow))
     }
     /// Multiply-adds ×2 of the forward pass (also of each backward gemm).
+    #[cfg(test)]
     pub fn flops(&self) -> f64 {
         2.0 * (self.n * self.o * self.k() * self.p()) as f64
     }
 }
 
-/// The target size of the im2col buffer of a block: it should stay in L2 (2 MiB per
-/// core here) while gemm streams through it.
-const COL_BYTES: usize = 3 << 19;
+/// The target size of the im2col buffer of a block. Measured on the Koch shapes
+/// (2 MiB L2 per core): 2–4 MiB for the deep layers (gemm streams through it, and a
+/// larger block means fewer passes over the outputs and weight gradients), but small
+/// blocks when `k` is small (conv1, `k` = 100), where gemm's packing dominates.
+const COL_BYTES: usize = 3 << 20;
+const COL_BYTES_SMALL_K: usize = 256 << 10;
+const SMALL_K: usize = 512;
 
 /// How the work is cut into blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +101,12 @@ pub(crate) struct Plan {
 
 impl Plan {
     pub fn new<T>(g: &ConvGeom) -> Self {
-        Self::with_col_bytes(g, size_of::<T>(), COL_BYTES)
+        let bytes = if g.k() < SMALL_K {
+            COL_BYTES_SMALL_K
+        } else {
+            COL_BYTES
+        };
+        Self::with_col_bytes(g, size_of::<T>(), bytes)
     }
 
     pub fn with_col_bytes(g: &ConvGeom, elem: usize, bytes: usize) -> Self {
@@ -242,6 +252,63 @@ pub(crate) fn conv_fwd<T: Real>(
     y
 }
 
+/// Forward pass with a fused 2×2 max-pool: `pool(relu(conv(x, w) + b))` as
+/// `(n, o, oh / 2, ow / 2)`, and the position of each window's maximum (first in
+/// row-major order) as `2 · row + column`, for the backward pass.
+pub(crate) fn conv_fwd_pool<T: Real>(
+    g: &ConvGeom,
+    plan: Plan,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+) -> (Vec<T>, Vec<u8>) {
+    assert_eq!(x.len(), g.n * g.x_img());
+    assert_eq!(w.len(), g.o * g.k());
+    assert_eq!(b.len(), g.o);
+    let (ph, pw) = (g.oh / 2, g.ow / 2);
+    let pooled_img = g.o * ph * pw;
+    let mut y = vec![T::ZERO; g.n * pooled_img];
+    let mut codes = vec![0u8; y.len()];
+    if y.is_empty() {
+        return (y, codes);
+    }
+    let par = gemm_parallelism(g.n.div_ceil(plan.imgs));
+    y.par_chunks_mut(plan.imgs * pooled_img)
+        .zip(codes.par_chunks_mut(plan.imgs * pooled_img))
+        .enumerate()
+        .for_each(|(t, (y, codes))| {
+            let imgs = y.len() / pooled_img;
+            let x = &x[t * plan.imgs * g.x_img()..][..imgs * g.x_img()];
+            T::with_scratch(|s| {
+                // The task's unpooled outputs, pre-activation, then pooled with the
+                // ReLU (max and ReLU commute; the argmax is that of relu-then-pool
+                // wherever the gradient is not zero).
+                let mut full = std::mem::take(&mut s.full);
+                let yf = buffer(&mut full, imgs * g.y_img());
+                for blk in blocks(g, plan, 0, imgs) {
+                    fwd_block(g, x, w, b, false, blk, yf, s, par);
+                }
+                let planes = yf.chunks_exact(g.p()).zip(y.chunks_exact_mut(ph * pw));
+                for ((src, dst), codes) in planes.zip(codes.chunks_exact_mut(ph * pw)) {
+                    for i in 0..ph {
+                        let r0 = &src[2 * i * g.ow..][..2 * pw];
+                        let r1 = &src[(2 * i + 1) * g.ow..][..2 * pw];
+                        let win = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+                        let out = dst[i * pw..][..pw]
+                            .iter_mut()
+                            .zip(&mut codes[i * pw..][..pw]);
+                        for ((v, c), (a, b)) in out.zip(win) {
+                            let (k, m) = super::pool::argmax4(a[0], a[1], b[0], b[1]);
+                            (*v, *c) = (bias_relu(m, T::ZERO, true), k as u8);
+                        }
+                    }
+                }
+                s.full = full;
+            });
+        });
+    (y, codes)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn fwd_block<T: Real>(
     g: &ConvGeom,
@@ -300,6 +367,75 @@ fn fwd_block<T: Real>(
     }
 }
 
+/// Where the gradient of the convolution's output comes from.
+pub(crate) enum OutGrad<'a, T> {
+    /// The gradient `dy` of the output `y` `(n, o, oh, ow)`, masked by `y > 0` when
+    /// the ReLU is fused.
+    Dense { y: &'a [T], dy: &'a [T], relu: bool },
+    /// The gradient `dy` of the ReLU'd, 2×2-max-pooled output `res`
+    /// `(n, o, oh / 2, ow / 2)`, with the window argmax `codes` of the forward pass.
+    Pooled {
+        res: &'a [T],
+        dy: &'a [T],
+        codes: &'a [u8],
+    },
+}
+
+impl<T: Real> OutGrad<'_, T> {
+    fn check(&self, g: &ConvGeom) {
+        match self {
+            Self::Dense { y, dy, .. } => {
+                assert_eq!(y.len(), g.n * g.y_img());
+                assert_eq!(dy.len(), y.len());
+            }
+            Self::Pooled { res, dy, codes } => {
+                assert_eq!(res.len(), g.n * g.o * (g.oh / 2) * (g.ow / 2));
+                assert_eq!(dy.len(), res.len());
+                assert_eq!(codes.len(), res.len());
+            }
+        }
+    }
+
+    /// Writes the output gradient of image `n`, channel `o`, rows `r0..` of the
+    /// convolution (as many as fit in `dst`).
+    fn gather(&self, g: &ConvGeom, n: usize, o: usize, r0: usize, dst: &mut [T]) {
+        match *self {
+            Self::Dense { y, dy, relu } => {
+                let off = (n * g.o + o) * g.p() + r0 * g.ow;
+                let (src, y) = (&dy[off..][..dst.len()], &y[off..][..dst.len()]);
+                if relu {
+                    for ((d, &s), &v) in dst.iter_mut().zip(src).zip(y) {
+                        *d = if v > T::ZERO { s } else { T::ZERO };
+                    }
+                } else {
+                    dst.copy_from_slice(src);
+                }
+            }
+            Self::Pooled { res, dy, codes } => {
+                let (ph, pw) = (g.oh / 2, g.ow / 2);
+                let plane = (n * g.o + o) * ph * pw;
+                for (r, d) in dst.chunks_exact_mut(g.ow).enumerate() {
+                    let r = r0 + r;
+                    d.fill(T::ZERO);
+                    if r / 2 >= ph {
+                        continue;
+                    }
+                    let row = plane + (r / 2) * pw;
+                    let (res, dy, codes) =
+                        (&res[row..][..pw], &dy[row..][..pw], &codes[row..][..pw]);
+                    // Window codes: 2 · (row parity) + column parity of the argmax.
+                    let half = (r % 2) as u8 * 2;
+                    for (j, ((&v, &gd), &c)) in res.iter().zip(dy).zip(codes).enumerate() {
+                        if v > T::ZERO && c & 2 == half {
+                            d[2 * j + (c & 1) as usize] = gd;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Gradients of a convolution.
 pub(crate) struct ConvGrads<T> {
     pub dx: Option<Vec<T>>,
@@ -315,16 +451,13 @@ pub(crate) fn conv_bwd<T: Real>(
     plan: Plan,
     x: &[T],
     w: &[T],
-    y: &[T],
-    dy: &[T],
-    relu: bool,
+    out: OutGrad<'_, T>,
     input_grad: bool,
 ) -> ConvGrads<T> {
     assert_eq!(x.len(), g.n * g.x_img());
     assert_eq!(w.len(), g.o * g.k());
-    assert_eq!(y.len(), g.n * g.y_img());
-    assert_eq!(dy.len(), y.len());
-    let (k, xi, yi) = (g.k(), g.x_img(), g.y_img());
+    out.check(g);
+    let (k, xi) = (g.k(), g.x_img());
     let mut dx = input_grad.then(|| vec![T::ZERO; g.n * xi]);
     if g.n == 0 {
         let (dw, db) = (vec![T::ZERO; g.o * k], vec![T::ZERO; g.o]);
@@ -341,15 +474,13 @@ pub(crate) fn conv_bwd<T: Real>(
         let n0 = gi * group_imgs;
         let imgs = group_imgs.min(g.n - n0);
         let x = &x[n0 * xi..][..imgs * xi];
-        let y = &y[n0 * yi..][..imgs * yi];
-        let dy = &dy[n0 * yi..][..imgs * yi];
         let mut dw = vec![T::ZERO; g.o * k];
         let mut db = vec![T::ZERO; g.o];
         T::with_scratch(|s| {
             for t0 in (0..imgs).step_by(plan.imgs) {
                 for blk in blocks(g, plan, t0, plan.imgs.min(imgs - t0)) {
                     let grads = (&mut dw[..], &mut db[..], dx.as_deref_mut());
-                    bwd_block(g, x, w, y, dy, relu, blk, grads, s, par);
+                    bwd_block(g, x, w, &out, n0, blk, grads, s, par);
                 }
             }
         });
@@ -380,33 +511,24 @@ fn bwd_block<T: Real>(
     g: &ConvGeom,
     x: &[T],
     w: &[T],
-    y: &[T],
-    dy: &[T],
-    relu: bool,
+    out: &OutGrad<'_, T>,
+    n_base: usize,
     blk: Block,
     (dw, db, dx): (&mut [T], &mut [T], Option<&mut [T]>),
     s: &mut Scratch<T>,
     par: gemm::Parallelism,
 ) {
-    let (k, p, cols) = (g.k(), g.p(), blk.cols(g));
+    let (k, cols) = (g.k(), blk.cols(g));
     let seg = blk.rows * g.ow;
-    let Scratch { col, tmp } = s;
+    let Scratch { col, tmp, .. } = s;
     let col = buffer(col, k * cols);
     im2col(g, x, blk, col);
-    // The output gradient of the block, masked by the ReLU: gy[o, column].
+    // The gradient of the convolution's output over the block: gy[o, column].
     let gy = buffer(tmp, g.o * cols);
     for img in 0..blk.imgs {
         for o in 0..g.o {
-            let off = (blk.n0 + img) * g.y_img() + o * p + blk.r0 * g.ow;
-            let (src, out) = (&dy[off..][..seg], &y[off..][..seg]);
             let dst = &mut gy[o * cols + img * seg..][..seg];
-            if relu {
-                for ((d, &s), &v) in dst.iter_mut().zip(src).zip(out) {
-                    *d = if v > T::ZERO { s } else { T::ZERO };
-                }
-            } else {
-                dst.copy_from_slice(src);
-            }
+            out.gather(g, n_base + blk.n0 + img, o, blk.r0, dst);
         }
     }
     for (dbo, row) in db.iter_mut().zip(gy.chunks_exact(cols)) {
@@ -431,6 +553,106 @@ fn bwd_block<T: Real>(
         let wts = Strides::col_major(k);
         matmul((k, cols, g.o), col, cs, w, wts, gy, gs, false, par);
         col2im(g, col, blk, dx);
+    }
+}
+
+/// The custom op: `(x, w, b) -> maxpool2x2(relu(conv2d(x, w) + b))`.
+#[derive(Debug)]
+pub(crate) struct Conv2dBiasReluPool {
+    /// Whether the backward pass computes the input gradient.
+    pub input_grad: bool,
+    /// The argmax codes of the forward pass (one forward per op instance).
+    pub codes: std::sync::Mutex<Option<Vec<u8>>>,
+}
+
+impl Conv2dBiasReluPool {
+    fn bwd_typed<T: Real>(
+        &self,
+        g: &ConvGeom,
+        (x, w, b, res, dy): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grads = {
+            let codes = self
+                .codes
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("conv2d-bias-relu-pool: poisoned".into()))?;
+            let Some(codes) = codes.as_deref() else {
+                candle_core::bail!("conv2d-bias-relu-pool: backward before forward")
+            };
+            let (xv, wv) = (CpuView::new(x)?, CpuView::new(w)?);
+            let (rv, dyv) = (CpuView::new(res)?, CpuView::new(dy)?);
+            let (x, w, res, dy) = (xv.slice()?, wv.slice()?, rv.slice()?, dyv.slice()?);
+            let out = OutGrad::Pooled { res, dy, codes };
+            conv_bwd::<T>(g, Plan::new::<T>(g), x, w, out, self.input_grad)
+        };
+        let dev = x.device();
+        let dx = grads.dx.map(|v| Tensor::from_vec(v, x.shape(), dev));
+        let dw = Tensor::from_vec(grads.dw, w.shape(), dev)?;
+        let db = Tensor::from_vec(grads.db, b.shape(), dev)?;
+        Ok((dx.transpose()?, Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp3 for Conv2dBiasReluPool {
+    fn name(&self) -> &'static str {
+        "conv2d-bias-relu-pool2x2"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeom::new(l1.shape().dims4()?, l2.shape().dims4()?)?;
+        let (y, codes) = match s1 {
+            CpuStorage::F32(_) => {
+                let (x, w, b) = (
+                    layout_slice(s1, l1)?,
+                    layout_slice(s2, l2)?,
+                    layout_slice(s3, l3)?,
+                );
+                let (y, c) = conv_fwd_pool::<f32>(&g, Plan::new::<f32>(&g), x, w, b);
+                (CpuStorage::F32(y), c)
+            }
+            CpuStorage::F64(_) => {
+                let (x, w, b) = (
+                    layout_slice(s1, l1)?,
+                    layout_slice(s2, l2)?,
+                    layout_slice(s3, l3)?,
+                );
+                let (y, c) = conv_fwd_pool::<f64>(&g, Plan::new::<f64>(&g), x, w, b);
+                (CpuStorage::F64(y), c)
+            }
+            _ => candle_core::bail!("conv2d-bias-relu-pool: unsupported dtype {:?}", s1.dtype()),
+        };
+        *self
+            .codes
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("conv2d-bias-relu-pool: poisoned".into()))? =
+            Some(codes);
+        Ok((y, Shape::from((g.n, g.o, g.oh / 2, g.ow / 2))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = ConvGeom::new(x.dims4()?, w.dims4()?)?;
+        let (res, grad) = (res.contiguous()?, grad_res.contiguous()?);
+        let args = (x, w, b, &res, &grad);
+        match x.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(&g, args),
+            DType::F64 => self.bwd_typed::<f64>(&g, args),
+            dt => candle_core::bail!("conv2d-bias-relu-pool: unsupported dtype {dt:?}"),
+        }
     }
 }
 
@@ -466,7 +688,12 @@ impl Conv2dBiasRelu {
             let (yv, dyv) = (CpuView::new(y)?, CpuView::new(dy)?);
             let (x, w, y, dy) = (xv.slice()?, wv.slice()?, yv.slice()?, dyv.slice()?);
             let plan = Plan::new::<T>(g);
-            conv_bwd::<T>(g, plan, x, w, y, dy, self.relu, self.input_grad)
+            let out = OutGrad::Dense {
+                y,
+                dy,
+                relu: self.relu,
+            };
+            conv_bwd::<T>(g, plan, x, w, out, self.input_grad)
         };
         let dev = x.device();
         let dx = grads.dx.map(|v| Tensor::from_vec(v, x.shape(), dev));

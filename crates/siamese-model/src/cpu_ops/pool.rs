@@ -18,7 +18,7 @@ fn min_planes(plane: usize) -> usize {
 /// Index within the window (0: top-left, 1: top-right, 2: bottom-left,
 /// 3: bottom-right) and value of the first maximum.
 #[inline]
-fn argmax4<T: Real>(a: T, b: T, c: T, d: T) -> (usize, T) {
+pub(crate) fn argmax4<T: Real>(a: T, b: T, c: T, d: T) -> (usize, T) {
     let (mut i, mut m) = (0, a);
     if b > m {
         (i, m) = (1, b);

@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::conv::{ConvGeom, Plan, conv_bwd, conv_fwd};
-use super::{conv2d_bias_relu, max_pool2x2, max_pool2x2_stock};
+use super::conv::{ConvGeom, OutGrad, Plan, conv_bwd, conv_fwd, conv_fwd_pool};
+use super::{conv2d_bias_relu, conv2d_bias_relu_pool2x2, max_pool2x2, max_pool2x2_stock};
 
 fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)
@@ -142,7 +142,18 @@ fn run_kernels<T: super::Real>(
     let v = |t: &Tensor| t.flatten_all()?.to_vec1::<T>();
     let (x, w, b, dy) = (v(x)?, v(w)?, v(b)?, v(dy)?);
     let y = conv_fwd(g, plan, &x, &w, &b, relu);
-    let gr = conv_bwd(g, plan, &x, &w, &y, &dy, relu, true);
+    let gr = conv_bwd(
+        g,
+        plan,
+        &x,
+        &w,
+        OutGrad::Dense {
+            y: &y,
+            dy: &dy,
+            relu,
+        },
+        true,
+    );
     let dev = Device::Cpu;
     let y = Tensor::from_vec(y, (g.n, g.o, g.oh, g.ow), &dev)?;
     let dx = Tensor::from_vec(gr.dx.unwrap(), (g.n, g.c, g.h, g.w), &dev)?;
@@ -293,7 +304,12 @@ fn max_pool_matches_stock_and_naive() -> Result<()> {
             // The fallback for other devices and dtypes (random inputs: no ties).
             let fallback = max_pool2x2_stock(&x)?;
             assert_close(&format!("{what}: fallback forward"), &fallback, &stock, 0.0)?;
-            let dxs = (&fallback * &probe)?.sum_all()?.backward()?.get(&x).unwrap().clone();
+            let dxs = (&fallback * &probe)?
+                .sum_all()?
+                .backward()?
+                .get(&x)
+                .unwrap()
+                .clone();
             assert_close(&format!("{what}: backward vs fallback"), &dx, &dxs, 1e-7)?;
         }
     }
@@ -382,7 +398,130 @@ fn finite_difference_gradients_of_a_tiny_network() -> Result<()> {
 #[test]
 fn stock_max_pool_backward_is_scaled_by_a_quarter() -> Result<()> {
     let x = Var::from_tensor(&randn(&mut rng(8), &[1, 2, 4, 6], DType::F32)?)?;
-    let ours = max_pool2x2(&x)?.sum_all()?.backward()?.get(&x).unwrap().clone();
-    let stock = x.max_pool2d(2)?.sum_all()?.backward()?.get(&x).unwrap().clone();
+    let ours = max_pool2x2(&x)?
+        .sum_all()?
+        .backward()?
+        .get(&x)
+        .unwrap()
+        .clone();
+    let stock = x
+        .max_pool2d(2)?
+        .sum_all()?
+        .backward()?
+        .get(&x)
+        .unwrap()
+        .clone();
     assert_close("stock x 4", &(stock * 4.0)?, &ours, 1e-7)
+}
+
+/// The fused conv → ReLU → pool against the two separate ops, through autograd (odd
+/// and even conv outputs) and for several plans at the kernel level.
+#[test]
+fn fused_pool_matches_separate_ops() -> Result<()> {
+    let mut r = rng(9);
+    for (i, &(n, c, h, w, o, kh, kw)) in SHAPES[1..].iter().enumerate() {
+        if h - kh < 1 || w - kw < 1 {
+            continue; // a 1-wide output has no 2×2 window
+        }
+        let what = format!("shape {i}");
+        let x = Var::from_tensor(&randn(&mut r, &[n, c, h, w], DType::F32)?)?;
+        let wt = Var::from_tensor(&randn(&mut r, &[o, c, kh, kw], DType::F32)?)?;
+        let b = Var::from_tensor(&randn(&mut r, &[o], DType::F32)?)?;
+        let fused = conv2d_bias_relu_pool2x2(&x, &wt, &b, true)?;
+        let separate = max_pool2x2(&conv2d_bias_relu(&x, &wt, &b, true, true)?)?;
+        assert_close(&format!("{what}: forward"), &fused, &separate, 0.0)?;
+        let probe = randn(&mut r, fused.dims(), DType::F32)?;
+        let g1 = (&fused * &probe)?.sum_all()?.backward()?;
+        let g2 = (&separate * &probe)?.sum_all()?.backward()?;
+        for (name, v) in [("x", &x), ("w", &wt), ("b", &b)] {
+            let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+            assert_close(&format!("{what}: grad {name}"), a, e, 1e-6)?;
+        }
+        // Kernel level, several ways of cutting the work.
+        let g = ConvGeom::new((n, c, h, w), (o, c, kh, kw))?;
+        let v = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (xs, ws, bs, ps) = (v(&x)?, v(&wt)?, v(&b)?, v(&probe)?);
+        let (dx, dw) = (v(g1.get(&x).unwrap())?, v(g1.get(&wt).unwrap())?);
+        let plans = [
+            Plan { imgs: 1, rows: 1 },
+            Plan { imgs: 1, rows: 3 },
+            Plan {
+                imgs: 2,
+                rows: g.oh,
+            },
+        ];
+        for plan in plans {
+            let (y, codes) = conv_fwd_pool(&g, plan, &xs, &ws, &bs);
+            assert_eq!(y, v(&fused)?, "{what} {plan:?}");
+            let out = OutGrad::Pooled {
+                res: &y,
+                dy: &ps,
+                codes: &codes,
+            };
+            let gr = conv_bwd(&g, plan, &xs, &ws, out, true);
+            let err =
+                |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err(&gr.dx.unwrap(), &dx) < 1e-5, "{what} {plan:?} dx");
+            assert!(err(&gr.dw, &dw) < 1e-4, "{what} {plan:?} dw");
+        }
+    }
+    // Without input gradient.
+    let x = Var::from_tensor(&randn(&mut r, &[2, 1, 9, 9], DType::F32)?)?;
+    let wt = Var::from_tensor(&randn(&mut r, &[3, 1, 2, 2], DType::F32)?)?;
+    let b = Var::from_tensor(&randn(&mut r, &[3], DType::F32)?)?;
+    let grads = conv2d_bias_relu_pool2x2(&x, &wt, &b, false)?
+        .sum_all()?
+        .backward()?;
+    assert!(grads.get(&x).is_none() && grads.get(&wt).is_some());
+    Ok(())
+}
+
+/// The same check through the fused conv → ReLU → pool.
+#[test]
+fn finite_difference_gradients_of_a_tiny_network_fused() -> Result<()> {
+    let mut r = rng(7);
+    let dt = DType::F64;
+    let x = randn(&mut r, &[2, 2, 9, 8], dt)?;
+    let w1 = randn(&mut r, &[3, 2, 3, 3], dt)?;
+    let b1 = randn(&mut r, &[3], dt)?;
+    let w2 = randn(&mut r, &[2, 3, 2, 2], dt)?;
+    let b2 = randn(&mut r, &[2], dt)?;
+    let probe = randn(&mut r, &[2, 2, 2, 2], dt)?;
+    let loss = |p: &[Tensor]| -> Result<Tensor> {
+        let h = conv2d_bias_relu_pool2x2(&p[0], &p[1], &p[2], true)?;
+        let h = conv2d_bias_relu(&h, &p[3], &p[4], false, true)?;
+        (h * &probe)?.sum_all()
+    };
+    let vars = [&x, &w1, &b1, &w2, &b2]
+        .iter()
+        .map(|t| Var::from_tensor(t))
+        .collect::<Result<Vec<_>>>()?;
+    let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = loss(&params)?.backward()?;
+    let eps = 1e-6;
+    for (i, v) in vars.iter().enumerate() {
+        let analytic = grads.get(v).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let base = v.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let mut numeric = vec![0f64; base.len()];
+        for (j, num) in numeric.iter_mut().enumerate() {
+            let at = |d: f64| -> Result<f64> {
+                let mut p = base.clone();
+                p[j] += d;
+                let mut ps: Vec<Tensor> = params.iter().map(|t| t.detach()).collect();
+                ps[i] = Tensor::from_vec(p, v.shape(), &Device::Cpu)?;
+                loss(&ps)?.to_scalar::<f64>()
+            };
+            *num = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        }
+        let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = analytic
+            .iter()
+            .zip(&numeric)
+            .fold(0f64, |m, (a, n)| m.max((a - n).abs()));
+        assert!(
+            err <= 1e-6 * scale.max(1.0),
+            "param {i}: max error {err:e} (scale {scale})"
+        );
+    }
+    Ok(())
 }
