@@ -14,7 +14,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 use siamese_model::candle_core::{DType, Tensor};
-use siamese_model::candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use siamese_model::candle_nn::Optimizer;
+use siamese_train::optim::{Adam, AdamConfig};
 use siamese_model::{
     Arch, BACKEND, ModelConfig, SiameseNet, bce_with_logits, device_kind, select_device,
 };
@@ -78,12 +79,8 @@ fn bench(args: &BenchTrainArgs) -> Result<TrainBench> {
         config.num_params()?
     );
     let (net, varmap) = SiameseNet::init(config, args.seed, &device)?;
-    let params = ParamsAdamW {
-        lr: 6e-5,
-        weight_decay: 0.0,
-        ..Default::default()
-    };
-    let mut opt = AdamW::new(varmap.all_vars(), params)?;
+    // The training crate's Adam (PyTorch's, lr 6e-5), updating parameters in place.
+    let mut opt = Adam::new(varmap.all_vars(), AdamConfig::default())?;
     let x = Tensor::rand(0f32, 1f32, (2 * b, 1, s, s), &device)?;
     let y: Vec<f32> = (0..b).map(|i| (i % 2) as f32).collect();
     let y = Tensor::from_vec(y, b, &device)?.to_dtype(DType::F32)?;
