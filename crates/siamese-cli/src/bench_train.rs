@@ -15,10 +15,10 @@ use clap::Args;
 use serde::Serialize;
 use siamese_model::candle_core::{DType, Tensor};
 use siamese_model::candle_nn::Optimizer;
-use siamese_train::optim::{Adam, AdamConfig};
 use siamese_model::{
     Arch, BACKEND, ModelConfig, SiameseNet, bce_with_logits, device_kind, select_device,
 };
+use siamese_train::optim::{Adam, AdamConfig};
 
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
