@@ -349,37 +349,6 @@ fn reduce(scores: impl Iterator<Item = f64>, n: usize, how: ShotReduce) -> f64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ties_and_nan_are_never_correct() {
-        assert_eq!(judge(&[1.0, 3.0, 2.0], 1).choice, Some(1));
-        assert!(judge(&[1.0, 3.0, 2.0], 1).correct);
-        assert!(!judge(&[1.0, 3.0, 2.0], 0).correct);
-        let tie = judge(&[3.0, 3.0, 2.0], 0);
-        assert!(!tie.correct && tie.tie && tie.choice.is_none());
-        assert!(!judge(&[0.0; 20], 7).correct);
-        assert!(!judge(&[f64::INFINITY, f64::INFINITY], 0).correct);
-        let nan = judge(&[5.0, f64::NAN], 0);
-        assert!(!nan.correct && nan.nan && !nan.tie);
-        assert!(!judge(&[f64::NAN, 1.0], 0).correct);
-        // -0.0 == 0.0: a tie.
-        assert!(!judge(&[0.0, -0.0], 0).correct);
-    }
-
-    #[test]
-    fn shot_reduction() {
-        let s = [1.0, 3.0, 2.0];
-        assert_eq!(reduce(s.into_iter(), 3, ShotReduce::Mean), 2.0);
-        assert_eq!(reduce(s.into_iter(), 3, ShotReduce::Max), 3.0);
-        assert!(reduce([1.0, f64::NAN].into_iter(), 2, ShotReduce::Max).is_nan());
-        assert!(reduce([f64::NAN, 1.0].into_iter(), 2, ShotReduce::Max).is_nan());
-        assert!(reduce([f64::NAN, 1.0].into_iter(), 2, ShotReduce::Mean).is_nan());
-    }
-}
-
 /// Pair scores and where the time went.
 pub(crate) struct ScoredPairs {
     pub scores: Vec<f64>,
@@ -450,4 +419,35 @@ pub(crate) fn score_image_pairs<S: OneShotScorer + ?Sized>(
         embed_seconds,
         score_seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ties_and_nan_are_never_correct() {
+        assert_eq!(judge(&[1.0, 3.0, 2.0], 1).choice, Some(1));
+        assert!(judge(&[1.0, 3.0, 2.0], 1).correct);
+        assert!(!judge(&[1.0, 3.0, 2.0], 0).correct);
+        let tie = judge(&[3.0, 3.0, 2.0], 0);
+        assert!(!tie.correct && tie.tie && tie.choice.is_none());
+        assert!(!judge(&[0.0; 20], 7).correct);
+        assert!(!judge(&[f64::INFINITY, f64::INFINITY], 0).correct);
+        let nan = judge(&[5.0, f64::NAN], 0);
+        assert!(!nan.correct && nan.nan && !nan.tie);
+        assert!(!judge(&[f64::NAN, 1.0], 0).correct);
+        // -0.0 == 0.0: a tie.
+        assert!(!judge(&[0.0, -0.0], 0).correct);
+    }
+
+    #[test]
+    fn shot_reduction() {
+        let s = [1.0, 3.0, 2.0];
+        assert_eq!(reduce(s.into_iter(), 3, ShotReduce::Mean), 2.0);
+        assert_eq!(reduce(s.into_iter(), 3, ShotReduce::Max), 3.0);
+        assert!(reduce([1.0, f64::NAN].into_iter(), 2, ShotReduce::Max).is_nan());
+        assert!(reduce([f64::NAN, 1.0].into_iter(), 2, ShotReduce::Max).is_nan());
+        assert!(reduce([f64::NAN, 1.0].into_iter(), 2, ShotReduce::Mean).is_nan());
+    }
 }
