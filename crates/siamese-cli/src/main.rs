@@ -8,6 +8,7 @@ mod data_source;
 mod eval;
 mod info;
 mod predict;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Command {
     Compare(predict::CompareArgs),
     /// Rank the classes of a support folder (one example each) for each query image.
     Classify(predict::ClassifyArgs),
+    /// Train the network into runs/<name>/ (or continue one with --resume).
+    Train(Box<train::TrainArgs>),
     /// Measure throughput (one JSON line with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -61,6 +64,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(args) => info::run(&args, progress),
         Command::Eval(args) => eval::run(&args, progress),
+        Command::Train(args) => train::run(&args, progress),
         Command::Verify(args) => predict::run_verify(&args, progress),
         Command::Compare(args) => predict::compare(&args),
         Command::Classify(args) => predict::classify(&args),

@@ -1,8 +1,45 @@
-//! Training of the siamese network: Koch's layer-wise SGD schedule and Adam, on
-//! sampled pairs or on all pairs of a batch, with validation by one-shot evaluation,
-//! early stopping and resumable runs.
+//! Training of the siamese network of Koch, Zemel & Salakhutdinov (2015) on Omniglot:
+//! Koch's layer-wise SGD schedule or Adam / AdamW, on sampled pairs or on all pairs
+//! of K×M batches, with one-shot validation, early stopping and resumable runs.
 //!
-//! So far: the optimizers ([`optim`]); the training loop comes with the training
-//! issue.
+//! * [`TrainConfig`]: one struct per stage ([`DataConfig`], the model's
+//!   [`siamese_model::ModelConfig`], [`TrainingConfig`]), the presets ([`Preset`]:
+//!   `default`, `paper`, `reference`) and configuration files (JSON or TOML merged
+//!   over a preset);
+//! * [`schedule`]: Koch's schedule (learning rates × 0.99 per epoch, momentum rising
+//!   linearly from 0.5 to each layer's μⱼ), the chosen per-layer defaults, and the
+//!   optimizer of a run ([`schedule::RunOptimizer`] over [`optim`]);
+//! * [`objective`]: Koch's cross-entropy on pairs and the balanced all-pairs
+//!   objective;
+//! * [`data`]: the batch of each step, a function of the seed and the step number
+//!   only (so resuming needs only the step);
+//! * [`train`]: the loop, validating by 20-way within-alphabet one-shot accuracy
+//!   (Koch's construction on the split's validation part), keeping the best
+//!   checkpoint, stopping early, on a time budget, on Ctrl-C ([`TrainOptions::stop`])
+//!   or on a non-finite loss;
+//! * [`run`]: the run folder (`config.json`, `last/` and `best/` checkpoints,
+//!   `metrics.jsonl`, `loss.png` and `validation.png`, the `latest` link), every file
+//!   written atomically; [`metrics`] and [`plot`].
+//!
+//! The library prints nothing: it logs with `tracing` and shows an `indicatif`
+//! progress bar when asked ([`TrainOptions::progress`]).
 
+pub mod config;
+pub mod data;
+mod error;
+pub mod metrics;
+pub mod objective;
 pub mod optim;
+pub mod plot;
+pub mod run;
+pub mod schedule;
+mod trainer;
+
+pub use config::{DataConfig, Objective, PairSource, Preset, TrainConfig, TrainingConfig};
+pub use data::TrainData;
+pub use error::TrainError;
+pub use run::{BestScore, RunDir, TrainState};
+pub use schedule::{AdamSettings, OptimizerKind, SgdSchedule};
+pub use trainer::{
+    EarlyStopping, StepObserver, StepReport, StopReason, TrainOptions, TrainOutcome, Verdict, train,
+};

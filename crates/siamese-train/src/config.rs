@@ -1,0 +1,660 @@
+//! The configuration of a training run: one struct per stage (data, model, training),
+//! the presets, and reading configuration files.
+//!
+//! A configuration is resolved as: a [`Preset`], then a configuration file merged
+//! over it (JSON or TOML; a file may give only some fields, nested tables are merged
+//! field by field, unknown fields are errors), then command-line flags. The resolved
+//! configuration is saved as `config.json` in the run folder.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use siamese_data::SplitName;
+use siamese_data::augment::KochDistortion;
+use siamese_data::sample::NegativeFrom;
+use siamese_model::{Arch, ModelConfig};
+
+use crate::TrainError;
+use crate::schedule::{AdamSettings, OptimizerKind, SgdSchedule};
+
+/// A whole run's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The preset this configuration started from (for the record).
+    pub preset: Preset,
+    pub data: DataConfig,
+    /// The network (`{"arch": "koch", "input_size": 105}`).
+    pub model: ModelConfig,
+    pub train: TrainingConfig,
+}
+
+/// The starting points of a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Sized for a 2-core CPU in about 30 minutes: the all-pairs objective on K×M
+    /// batches with Adam, distortions on. See [`TrainConfig::default_preset`].
+    #[default]
+    Default,
+    /// Koch et al.'s setup: 150k pairs × 8 distortions, drawers 1–12, layer-wise SGD
+    /// with Koch's schedule, batch 128, validation each epoch, patience 20, at most
+    /// 200 epochs.
+    Paper,
+    /// The PyTorch reference's setup: Adam 6·10⁻⁵, all 20 drawers, online balanced
+    /// pairs, batch 128.
+    Reference,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 3] = [Preset::Default, Preset::Paper, Preset::Reference];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Default => "default",
+            Preset::Paper => "paper",
+            Preset::Reference => "reference",
+        }
+    }
+}
+
+impl std::str::FromStr for Preset {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown preset {s:?}: expected default, paper or reference"))
+    }
+}
+
+/// Where the pairs of the `pairs` objective come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairSource {
+    /// Koch's fixed training set ([`siamese_data::sample::koch_pair_set`]): `base_pairs`
+    /// pairs with equal counts per alphabet, each plus `distorted_copies` distorted
+    /// copies; an epoch is one pass over it in a fresh random order.
+    KochSet,
+    /// Fresh balanced pairs every step ([`siamese_data::sample::sample_pairs`]), each
+    /// image distorted (when `distort`).
+    Online,
+}
+
+/// The data stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The split whose train part is trained on (validation: its validation part).
+    pub split: SplitName,
+    /// Negatives (different pairs) from the same alphabet or any alphabet. For K×M
+    /// batches, `same-alphabet` draws the K characters of a batch from one alphabet.
+    pub negatives: NegativeFrom,
+    /// Pairs of the `pairs` objective.
+    pub pairs: PairSource,
+    /// Base pairs of Koch's set (30k, 90k or 150k in the paper).
+    pub koch_base_pairs: usize,
+    /// Distorted copies of each base pair (8 in the paper).
+    pub koch_distorted_copies: usize,
+    /// K: characters per batch of the `all-pairs` objective.
+    pub classes_per_batch: usize,
+    /// M: images per character in a K×M batch.
+    pub images_per_class: usize,
+    /// Apply the distortions (online pairs, K×M batches, the distorted copies of
+    /// Koch's set).
+    pub distort: bool,
+    /// The distribution of the distortions (default: Koch's).
+    pub distortion: KochDistortion,
+    /// Trials of the validation (Koch's 20-way within-alphabet construction on the
+    /// split's validation part; Koch: 320).
+    pub validation_trials: usize,
+    /// Seed of the validation trials (the same trials at every validation).
+    pub validation_seed: u64,
+}
+
+/// The objective a step minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// Koch's cross-entropy on a batch of sampled pairs (L2 via the optimizer).
+    Pairs,
+    /// Cross-entropy on every pair of a K×M batch, positives and negatives weighted
+    /// to balance: each image is embedded once for its K·M − 1 pairs.
+    AllPairs,
+}
+
+impl std::str::FromStr for Objective {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pairs" => Ok(Objective::Pairs),
+            "all-pairs" => Ok(Objective::AllPairs),
+            _ => Err(format!(
+                "unknown objective {s:?}: expected pairs or all-pairs"
+            )),
+        }
+    }
+}
+
+/// The training stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    pub objective: Objective,
+    pub optimizer: OptimizerKind,
+    /// Koch's layer-wise SGD (used when `optimizer` is `sgd`).
+    pub sgd: SgdSchedule,
+    /// Adam / AdamW (used when `optimizer` is `adam` or `adamw`).
+    pub adam: AdamSettings,
+    /// Pairs per step of the `pairs` objective (Koch: 128).
+    pub batch_pairs: usize,
+    /// At most this many epochs (Koch: 200).
+    pub epochs: u64,
+    /// Steps per epoch; `null`: one pass over Koch's set (required for online pairs
+    /// and K×M batches).
+    pub steps_per_epoch: Option<u64>,
+    /// Stop after this many steps in all (`null`: no limit but `epochs`).
+    pub max_steps: Option<u64>,
+    /// Stop training after this many minutes of this invocation (a final validation
+    /// and checkpoint follow); `null`: no limit.
+    pub max_minutes: Option<f64>,
+    /// Validate every this many steps; `null`: at the end of every epoch.
+    pub validate_every: Option<u64>,
+    /// Also validate the initial network before the first step (a baseline line in
+    /// the metrics; not done when resuming).
+    #[serde(default)]
+    pub validate_at_start: bool,
+    /// Stop after this many validations in a row without a new best (Koch: 20
+    /// epochs); 0: never stop early.
+    pub patience: u64,
+    /// Also save the `last` checkpoint every this many steps (it is always saved at
+    /// each validation and when training stops); `null`: only then.
+    pub checkpoint_every: Option<u64>,
+    /// Write a line of `metrics.jsonl` every this many steps (mean loss over them).
+    pub log_every: u64,
+    /// Images per embedding batch of the validation.
+    pub eval_batch: usize,
+    /// Seed of the initialisation, the samplers and the distortions.
+    pub seed: u64,
+    /// CPU threads (`null`: all cores).
+    pub threads: Option<usize>,
+    /// `auto`, `cpu`, `cuda[:N]` or `metal[:N]`.
+    pub device: String,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig::default_preset()
+    }
+}
+
+impl TrainConfig {
+    /// The configuration of a preset.
+    pub fn preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Default => TrainConfig::default_preset(),
+            Preset::Paper => TrainConfig::paper(),
+            Preset::Reference => TrainConfig::reference(),
+        }
+    }
+
+    /// The default preset, meant to finish on a 2-core CPU in about 30 minutes and
+    /// give a model far above chance: the paper's network, the all-pairs objective on
+    /// batches of 8 characters × 4 images (32 images, 496 scored pairs, 48 of them
+    /// positive) drawn within one alphabet (hard negatives, like the one-shot trials),
+    /// Koch's distortions, Adam at 10⁻⁴ (above the reference's 6·10⁻⁵: far fewer
+    /// steps, and every step averages ~500 pair gradients), epochs of 50 steps each
+    /// followed by a 320-trial validation (about 2.5 minutes and 12 seconds with the
+    /// fast CPU kernels on 2 cores), a 30-minute budget and a patience of 10
+    /// validations.
+    pub fn default_preset() -> Self {
+        TrainConfig {
+            preset: Preset::Default,
+            data: DataConfig {
+                split: SplitName::Koch,
+                negatives: NegativeFrom::SameAlphabet,
+                pairs: PairSource::Online,
+                koch_base_pairs: 150_000,
+                koch_distorted_copies: 8,
+                classes_per_batch: 8,
+                images_per_class: 4,
+                distort: true,
+                distortion: KochDistortion::PAPER,
+                validation_trials: 320,
+                validation_seed: 0,
+            },
+            model: ModelConfig::new(Arch::Koch),
+            train: TrainingConfig {
+                objective: Objective::AllPairs,
+                optimizer: OptimizerKind::Adam,
+                sgd: SgdSchedule::default(),
+                adam: AdamSettings {
+                    lr: 1e-4,
+                    ..AdamSettings::default()
+                },
+                batch_pairs: 128,
+                epochs: 200,
+                steps_per_epoch: Some(50),
+                max_steps: None,
+                max_minutes: Some(30.0),
+                validate_every: None,
+                validate_at_start: false,
+                patience: 10,
+                checkpoint_every: None,
+                log_every: 1,
+                eval_batch: 64,
+                seed: 0,
+                threads: None,
+                device: "auto".into(),
+            },
+        }
+    }
+
+    /// Koch et al.'s setup (see [`Preset::Paper`]).
+    pub fn paper() -> Self {
+        let d = TrainConfig::default_preset();
+        TrainConfig {
+            preset: Preset::Paper,
+            data: DataConfig {
+                split: SplitName::Koch,
+                negatives: NegativeFrom::SameAlphabet,
+                pairs: PairSource::KochSet,
+                koch_base_pairs: 150_000,
+                koch_distorted_copies: 8,
+                ..d.data
+            },
+            model: ModelConfig::new(Arch::Koch),
+            train: TrainingConfig {
+                objective: Objective::Pairs,
+                optimizer: OptimizerKind::Sgd,
+                sgd: SgdSchedule::default(),
+                adam: AdamSettings::default(),
+                batch_pairs: 128,
+                epochs: 200,
+                steps_per_epoch: None,
+                max_steps: None,
+                max_minutes: None,
+                validate_every: None,
+                patience: 20,
+                checkpoint_every: Some(1000),
+                log_every: 10,
+                eval_batch: 128,
+                ..d.train
+            },
+        }
+    }
+
+    /// The PyTorch reference's setup (see [`Preset::Reference`]): Adam 6·10⁻⁵, batch
+    /// 128 online pairs, negatives from any alphabet, all 20 drawers; its
+    /// augmentation (torchvision `RandomAffine(15)`: a rotation in [−15°, 15°] only)
+    /// expressed as a Koch distortion; 50,000 steps (as 50 epochs of 1,000), a
+    /// validation every 100 steps (as the reference's `test_every`), no early stop.
+    pub fn reference() -> Self {
+        let d = TrainConfig::default_preset();
+        TrainConfig {
+            preset: Preset::Reference,
+            data: DataConfig {
+                split: SplitName::KochAllDrawers,
+                negatives: NegativeFrom::AnyAlphabet,
+                pairs: PairSource::Online,
+                distort: true,
+                distortion: KochDistortion {
+                    p_include: 1.0,
+                    rotation_deg: [-15.0, 15.0],
+                    shear_x: [0.0, 0.0],
+                    shear_y: [0.0, 0.0],
+                    scale_x: [1.0, 1.0],
+                    scale_y: [1.0, 1.0],
+                    translate_x: [0.0, 0.0],
+                    translate_y: [0.0, 0.0],
+                },
+                ..d.data
+            },
+            model: ModelConfig::new(Arch::Koch),
+            train: TrainingConfig {
+                objective: Objective::Pairs,
+                optimizer: OptimizerKind::Adam,
+                adam: AdamSettings::default(),
+                batch_pairs: 128,
+                epochs: 50,
+                steps_per_epoch: Some(1000),
+                max_steps: None,
+                max_minutes: None,
+                validate_every: Some(100),
+                patience: 0,
+                checkpoint_every: Some(1000),
+                log_every: 10,
+                eval_batch: 128,
+                ..d.train
+            },
+        }
+    }
+
+    /// `preset` with the configuration file at `path` merged over it (JSON, or TOML
+    /// for a `.toml` file). Errors name the file.
+    pub fn from_file_over(preset: Preset, path: &Path) -> Result<Self, TrainError> {
+        let bad = |reason: String| TrainError::ConfigFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let is_toml = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+        let overlay: serde_json::Value = if is_toml {
+            let value: toml::Value = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            serde_json::to_value(value).map_err(|e| bad(e.to_string()))?
+        } else {
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?
+        };
+        if !overlay.is_object() {
+            return Err(bad("expected a table of settings at the top level".into()));
+        }
+        // A file may name its preset; flags and the file then apply over it.
+        let preset = match overlay.get("preset").and_then(|p| p.as_str()) {
+            Some(name) => name.parse().map_err(bad)?,
+            None => preset,
+        };
+        let mut base =
+            serde_json::to_value(TrainConfig::preset(preset)).expect("config serialises");
+        merge(&mut base, overlay);
+        let config = from_value(base).map_err(bad)?;
+        config.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Reads a complete configuration (a run's `config.json`).
+    pub fn load_json(path: &Path) -> Result<Self, TrainError> {
+        let bad = |reason: String| TrainError::ConfigFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        from_value(value).map_err(bad)
+    }
+
+    /// The configuration as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Checks that the values fit together; the message names the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        let d = &self.data;
+        let t = &self.train;
+        if let Err(e) = d.distortion.validate() {
+            return bad(format!("data.distortion: {e}"));
+        }
+        if d.validation_trials == 0 {
+            return bad("data.validation_trials must be at least 1".into());
+        }
+        match t.objective {
+            Objective::Pairs => {
+                if t.batch_pairs == 0 {
+                    return bad("train.batch_pairs must be at least 1".into());
+                }
+                if d.pairs == PairSource::KochSet && d.koch_base_pairs == 0 {
+                    return bad("data.koch_base_pairs must be at least 1".into());
+                }
+                if d.pairs == PairSource::Online && t.steps_per_epoch.is_none() {
+                    return bad(
+                        "train.steps_per_epoch is required with online pairs (data.pairs = \"online\")"
+                            .into(),
+                    );
+                }
+            }
+            Objective::AllPairs => {
+                if d.classes_per_batch < 2 || d.images_per_class < 2 {
+                    return bad(format!(
+                        "the all-pairs objective needs data.classes_per_batch and \
+                         data.images_per_class of at least 2 (got {} × {})",
+                        d.classes_per_batch, d.images_per_class
+                    ));
+                }
+                if t.steps_per_epoch.is_none() {
+                    return bad(
+                        "train.steps_per_epoch is required with the all-pairs objective".into(),
+                    );
+                }
+            }
+        }
+        if t.steps_per_epoch == Some(0) {
+            return bad("train.steps_per_epoch must be at least 1".into());
+        }
+        if t.epochs == 0 {
+            return bad("train.epochs must be at least 1".into());
+        }
+        if t.validate_every == Some(0) || t.checkpoint_every == Some(0) || t.log_every == 0 {
+            return bad("train.validate_every, train.checkpoint_every and train.log_every must be at least 1".into());
+        }
+        if t.max_minutes.is_some_and(|m| !positive(m)) {
+            return bad("train.max_minutes must be positive".into());
+        }
+        if t.eval_batch == 0 {
+            return bad("train.eval_batch must be at least 1".into());
+        }
+        if t.threads == Some(0) {
+            return bad("train.threads must be at least 1".into());
+        }
+        match t.optimizer {
+            OptimizerKind::Sgd => {
+                let s = &t.sgd;
+                if !positive(s.lr_decay) || !(0.0..1.0).contains(&s.momentum_start) {
+                    return bad(
+                        "train.sgd: lr_decay must be positive and momentum_start in [0, 1)".into(),
+                    );
+                }
+                for (name, h) in &s.layers {
+                    if !non_negative(h.lr)
+                        || !(0.0..1.0).contains(&h.momentum)
+                        || !non_negative(h.weight_decay)
+                    {
+                        return bad(format!(
+                            "train.sgd.layers.{name}: lr and weight_decay must be finite and \
+                             non-negative, momentum in [0, 1) (got {h:?})"
+                        ));
+                    }
+                }
+                let specs = self.model.param_specs()?;
+                for spec in &specs {
+                    s.layer(&spec.name)?;
+                }
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let a = &t.adam;
+                if !positive(a.lr) || !positive(a.lr_decay) {
+                    return bad("train.adam.lr and train.adam.lr_decay must be positive".into());
+                }
+                if !(0.0..1.0).contains(&a.beta1) || !(0.0..1.0).contains(&a.beta2) {
+                    return bad("train.adam.beta1 and beta2 must be in [0, 1)".into());
+                }
+                if t.optimizer == OptimizerKind::Adam && a.weight_decay != 0.0 {
+                    return bad(
+                        "train.adam.weight_decay is AdamW's decoupled decay: use optimizer \"adamw\" \
+                         (or set it to 0)"
+                            .into(),
+                    );
+                }
+            }
+        }
+        self.model.param_specs()?;
+        Ok(())
+    }
+}
+
+/// A configuration from JSON; an error names the field (`train.adam.lr: invalid
+/// type...`).
+fn from_value(value: serde_json::Value) -> Result<TrainConfig, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
+fn positive(x: f64) -> bool {
+    x > 0.0 && x.is_finite()
+}
+
+fn non_negative(x: f64) -> bool {
+    x >= 0.0 && x.is_finite()
+}
+
+/// Merges `overlay` into `base`: objects field by field (recursively), anything else
+/// replaced.
+fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    match (base, overlay) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_round_trip() {
+        for p in Preset::ALL {
+            let c = TrainConfig::preset(p);
+            c.validate().unwrap();
+            assert_eq!(c.preset, p);
+            let back: TrainConfig = serde_json::from_str(&c.to_json()).unwrap();
+            assert_eq!(back, c);
+            assert_eq!(p.name().parse::<Preset>().unwrap(), p);
+        }
+        let paper = TrainConfig::paper();
+        assert_eq!(paper.train.optimizer, OptimizerKind::Sgd);
+        assert_eq!(paper.data.koch_base_pairs, 150_000);
+        assert_eq!(paper.data.koch_distorted_copies, 8);
+        assert_eq!(paper.data.split, SplitName::Koch);
+        assert_eq!(paper.train.batch_pairs, 128);
+        assert_eq!((paper.train.epochs, paper.train.patience), (200, 20));
+        let reference = TrainConfig::reference();
+        assert_eq!(reference.train.adam.lr, 6e-5);
+        assert_eq!(reference.data.split, SplitName::KochAllDrawers);
+        assert_eq!(reference.data.pairs, PairSource::Online);
+        let default = TrainConfig::default();
+        assert_eq!(default.train.objective, Objective::AllPairs);
+        assert_eq!(default.train.optimizer, OptimizerKind::Adam);
+        assert!(default.data.distort);
+    }
+
+    #[test]
+    fn files_merge_over_the_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("c.json");
+        std::fs::write(
+            &json,
+            r#"{"train": {"adam": {"lr": 0.001}, "seed": 7}, "data": {"images_per_class": 5}}"#,
+        )
+        .unwrap();
+        let c = TrainConfig::from_file_over(Preset::Default, &json).unwrap();
+        assert_eq!(c.train.adam.lr, 0.001);
+        assert_eq!(c.train.adam.beta1, 0.9);
+        assert_eq!(c.train.seed, 7);
+        assert_eq!(c.data.images_per_class, 5);
+        assert_eq!(c.data.classes_per_batch, 8);
+
+        let toml = dir.path().join("c.toml");
+        std::fs::write(
+            &toml,
+            "preset = \"paper\"\n[train]\nepochs = 3\n[train.sgd.layers.fc]\nlr = 0.01\nmomentum = 0.8\nweight_decay = 0.0\n",
+        )
+        .unwrap();
+        let c = TrainConfig::from_file_over(Preset::Default, &toml).unwrap();
+        assert_eq!(c.preset, Preset::Paper);
+        assert_eq!(c.train.epochs, 3);
+        assert_eq!(c.train.sgd.layers["fc"].lr, 0.01);
+        assert_eq!(
+            c.train.sgd.layers["conv1"],
+            SgdSchedule::default().layers["conv1"]
+        );
+
+        // A whole saved config reads back as itself.
+        let full = dir.path().join("config.json");
+        std::fs::write(&full, TrainConfig::reference().to_json()).unwrap();
+        assert_eq!(
+            TrainConfig::load_json(&full).unwrap(),
+            TrainConfig::reference()
+        );
+        assert_eq!(
+            TrainConfig::from_file_over(Preset::Default, &full).unwrap(),
+            TrainConfig::reference()
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "typo.json",
+                r#"{"train": {"lerning_rate": 1}}"#,
+                "lerning_rate",
+            ),
+            ("syntax.json", r#"{"train": "#, "not valid JSON"),
+            (
+                "type.json",
+                r#"{"train": {"epochs": "many"}}"#,
+                "invalid type",
+            ),
+            (
+                "value.json",
+                r#"{"train": {"batch_pairs": 0, "objective": "pairs", "steps_per_epoch": 3}}"#,
+                "batch_pairs",
+            ),
+            ("enum.toml", "[train]\noptimizer = \"rmsprop\"\n", "rmsprop"),
+            ("array.json", "[1, 2]", "top level"),
+        ];
+        for (name, text, needle) in cases {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let err = TrainConfig::from_file_over(Preset::Default, &path)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{err}");
+            assert!(err.contains(needle), "{name}: {err}");
+        }
+        let missing = dir.path().join("missing.json");
+        let err = TrainConfig::from_file_over(Preset::Default, &missing)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.json"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = TrainConfig::default();
+        c.train.adam.weight_decay = 0.01;
+        assert!(c.validate().unwrap_err().to_string().contains("adamw"));
+        c.train.optimizer = OptimizerKind::Adamw;
+        c.validate().unwrap();
+        let mut c = TrainConfig::paper();
+        c.train.sgd.layers.remove("conv2");
+        assert!(c.validate().unwrap_err().to_string().contains("conv2"));
+        let mut c = TrainConfig::default();
+        c.data.images_per_class = 1;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("images_per_class")
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! Koch et al.'s schedule for layer-wise SGD, the Adam settings, and the optimizer a
+//! run trains with.
+//!
+//! Koch et al. (2015, §4.1): "learning rates were decayed uniformly across the network
+//! by 1 percent per epoch, so that ηⱼ⁽ᵀ⁾ = 0.99 ηⱼ⁽ᵀ⁻¹⁾ [...] momentum starts at 0.5 in
+//! every layer, increasing linearly each epoch until reaching the value μⱼ". The paper
+//! chose each layer's ηⱼ, μⱼ and λⱼ by Bayesian optimisation (Whetlab) within
+//! ηⱼ ∈ [10⁻⁴, 10⁻¹], μⱼ ∈ [0, 1], λⱼ ∈ [0, 0.1] and does not publish the values; see
+//! [`SgdSchedule::default`] for the ones used here and why.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use candle_nn::Optimizer;
+use serde::{Deserialize, Serialize};
+use siamese_model::SiameseNet;
+
+use crate::TrainError;
+use crate::optim::{Adam, AdamConfig, OptimizerState, SgdHyper, SgdMomentum};
+
+/// `lr₀ × decay^epoch`: Koch's per-epoch decay (decay 0.99).
+pub fn lr_at(lr0: f64, decay: f64, epoch: u64) -> f64 {
+    lr0 * decay.powf(epoch as f64)
+}
+
+/// Momentum in epoch `epoch` (0-based): `start` in epoch 0, rising linearly each epoch
+/// to `target`, reached at epoch `ramp_epochs` and kept from then on. A ramp of 0
+/// epochs means `target` from the start.
+pub fn momentum_at(start: f64, target: f64, ramp_epochs: u64, epoch: u64) -> f64 {
+    if ramp_epochs == 0 || epoch >= ramp_epochs {
+        target
+    } else {
+        start + (target - start) * epoch as f64 / ramp_epochs as f64
+    }
+}
+
+/// The layer a parameter belongs to: `tower.conv2.weight` → `conv2`,
+/// `tower.fc.bias` → `fc`, `head.weight` → `head`.
+pub fn layer_of(param_name: &str) -> &str {
+    let rest = param_name.strip_prefix("tower.").unwrap_or(param_name);
+    rest.split('.').next().unwrap_or(rest)
+}
+
+/// Koch's layer-wise SGD: each layer `j` has its final hyper-parameters (ηⱼ, μⱼ, λⱼ);
+/// in epoch `T` it trains with `ηⱼ × lr_decay^T`, momentum [`momentum_at`]`(
+/// momentum_start, μⱼ, momentum_ramp_epochs, T)` and L2 weight λⱼ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SgdSchedule {
+    /// Factor applied to every learning rate each epoch (Koch: 0.99).
+    pub lr_decay: f64,
+    /// Momentum of every layer in the first epoch (Koch: 0.5).
+    pub momentum_start: f64,
+    /// Epochs over which the momentum rises linearly from `momentum_start` to each
+    /// layer's μⱼ (the paper does not say; 20 here).
+    pub momentum_ramp_epochs: u64,
+    /// ηⱼ (`lr`), μⱼ (`momentum`, the final value) and λⱼ (`weight_decay`) by layer
+    /// name: `conv1`...`conv4`, `fc`, `head`. Entries of layers the architecture lacks
+    /// (`conv4` for koch35) are ignored; a layer without an entry is an error.
+    pub layers: BTreeMap<String, SgdHyper>,
+}
+
+/// The learning rate of every layer in [`SgdSchedule::default`].
+pub const DEFAULT_SGD_LR: f64 = 1e-3;
+/// The final momentum μⱼ of every layer in [`SgdSchedule::default`].
+pub const DEFAULT_SGD_MOMENTUM: f64 = 0.9;
+/// The L2 weight λⱼ of the convolutional layers in [`SgdSchedule::default`].
+pub const DEFAULT_SGD_CONV_L2: f64 = 2e-2;
+/// The L2 weight λⱼ of the 4096-unit layer in [`SgdSchedule::default`].
+pub const DEFAULT_SGD_FC_L2: f64 = 2e-4;
+
+impl Default for SgdSchedule {
+    /// Koch's schedule (decay 0.99 per epoch, momentum from 0.5) with per-layer values
+    /// chosen here, since the paper's are unpublished:
+    ///
+    /// * ηⱼ = 10⁻³ in every layer, μⱼ = 0.9 in every layer, and λⱼ = 2·10⁻² for the
+    ///   convolutions, 2·10⁻⁴ for the 4096-unit layer, 0 for the head. These follow
+    ///   the best-known public Keras reimplementation of the paper's layer-wise SGD
+    ///   (tensorfreitas, "Siamese-Networks-for-One-Shot-Learning": lr 10⁻³, final
+    ///   momentum 0.9, Keras `l2(1e-2)` on the convolutions and `l2(1e-4)` on the dense
+    ///   layer; Keras adds `c‖w‖²` to the loss, hence λ = 2c here), all inside the
+    ///   paper's search ranges. The head (one weight per feature) is not
+    ///   regularised: shrinking it only flattens the logits.
+    /// * The ramp to μⱼ takes 20 epochs, Koch's early-stopping patience, so that the
+    ///   momentum is at its final value before the first decision to stop could be
+    ///   made.
+    ///
+    /// Not tuned on this implementation yet; every value is a config field and a flag.
+    fn default() -> Self {
+        let conv = SgdHyper {
+            lr: DEFAULT_SGD_LR,
+            momentum: DEFAULT_SGD_MOMENTUM,
+            weight_decay: DEFAULT_SGD_CONV_L2,
+        };
+        let mut layers = BTreeMap::new();
+        for name in ["conv1", "conv2", "conv3", "conv4"] {
+            layers.insert(name.to_string(), conv);
+        }
+        layers.insert(
+            "fc".into(),
+            SgdHyper {
+                weight_decay: DEFAULT_SGD_FC_L2,
+                ..conv
+            },
+        );
+        layers.insert(
+            "head".into(),
+            SgdHyper {
+                weight_decay: 0.0,
+                ..conv
+            },
+        );
+        SgdSchedule {
+            lr_decay: 0.99,
+            momentum_start: 0.5,
+            momentum_ramp_epochs: 20,
+            layers,
+        }
+    }
+}
+
+impl SgdSchedule {
+    /// The hyper-parameters of a layer whose final values are `last`, in `epoch`.
+    pub fn at(&self, last: &SgdHyper, epoch: u64) -> SgdHyper {
+        SgdHyper {
+            lr: lr_at(last.lr, self.lr_decay, epoch),
+            momentum: momentum_at(
+                self.momentum_start,
+                last.momentum,
+                self.momentum_ramp_epochs,
+                epoch,
+            ),
+            weight_decay: last.weight_decay,
+        }
+    }
+
+    /// The final hyper-parameters of the layer of `param_name`.
+    pub fn layer(&self, param_name: &str) -> Result<&SgdHyper, TrainError> {
+        let layer = layer_of(param_name);
+        self.layers.get(layer).ok_or_else(|| {
+            TrainError::Config(format!(
+                "train.sgd.layers has no entry for layer {layer:?} (of parameter {param_name})"
+            ))
+        })
+    }
+}
+
+/// Adam's settings in a run: [`AdamConfig`] plus a per-epoch learning-rate decay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamSettings {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// AdamW's decoupled weight decay (used by the `adamw` optimizer only; `adam`
+    /// requires 0).
+    pub weight_decay: f64,
+    /// Factor applied to the learning rate each epoch (1 = constant).
+    pub lr_decay: f64,
+}
+
+impl Default for AdamSettings {
+    /// The PyTorch reference's Adam: lr 6·10⁻⁵, PyTorch's betas and epsilon, no decay.
+    fn default() -> Self {
+        let c = AdamConfig::default();
+        AdamSettings {
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: 0.0,
+            lr_decay: 1.0,
+        }
+    }
+}
+
+/// Which optimizer a run trains with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// Koch's layer-wise SGD with momentum and L2 ([`SgdSchedule`]).
+    Sgd,
+    /// Adam ([`AdamSettings`], no weight decay).
+    Adam,
+    /// AdamW (Adam with decoupled weight decay).
+    Adamw,
+}
+
+impl OptimizerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adam => "adam",
+            OptimizerKind::Adamw => "adamw",
+        }
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::Adamw),
+            _ => Err(format!(
+                "unknown optimizer {s:?}: expected sgd, adam or adamw"
+            )),
+        }
+    }
+}
+
+/// The optimizer of a run, over the network's variables, with its schedule.
+#[derive(Debug)]
+pub enum RunOptimizer {
+    Sgd {
+        opt: SgdMomentum,
+        schedule: SgdSchedule,
+        /// The final hyper-parameters of each variable, in the optimizer's order.
+        last: Vec<SgdHyper>,
+    },
+    Adam {
+        opt: Adam,
+        base_lr: f64,
+        lr_decay: f64,
+    },
+}
+
+impl RunOptimizer {
+    /// An optimizer over the parameters of `net`, which must be the `Var`s of
+    /// `varmap` (as [`SiameseNet::init`] and [`SiameseNet::load_trainable`] make them).
+    pub fn new(
+        kind: OptimizerKind,
+        sgd: &SgdSchedule,
+        adam: &AdamSettings,
+        net: &SiameseNet,
+        varmap: &candle_nn::VarMap,
+    ) -> Result<Self, TrainError> {
+        let vars = named_vars(net, varmap)?;
+        match kind {
+            OptimizerKind::Sgd => {
+                let mut last = Vec::with_capacity(vars.len());
+                let mut params = Vec::with_capacity(vars.len());
+                for (name, var) in vars {
+                    let h = *sgd.layer(&name)?;
+                    last.push(h);
+                    params.push((var, sgd.at(&h, 0)));
+                }
+                Ok(RunOptimizer::Sgd {
+                    opt: SgdMomentum::with_hypers(params)?,
+                    schedule: sgd.clone(),
+                    last,
+                })
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let decay = if kind == OptimizerKind::Adamw {
+                    adam.weight_decay
+                } else {
+                    0.0
+                };
+                let config = AdamConfig {
+                    lr: adam.lr,
+                    beta1: adam.beta1,
+                    beta2: adam.beta2,
+                    eps: adam.eps,
+                    decoupled_weight_decay: decay,
+                };
+                Ok(RunOptimizer::Adam {
+                    opt: Adam::new(vars.into_iter().map(|(_, v)| v).collect(), config)?,
+                    base_lr: adam.lr,
+                    lr_decay: adam.lr_decay,
+                })
+            }
+        }
+    }
+
+    /// Sets the hyper-parameters of `epoch` (learning-rate decay, momentum ramp).
+    /// A function of the epoch only, so a resumed run gets the same values.
+    pub fn set_epoch(&mut self, epoch: u64) {
+        match self {
+            RunOptimizer::Sgd {
+                opt,
+                schedule,
+                last,
+            } => {
+                for (h, l) in opt.hypers_mut().zip(last.iter()) {
+                    *h = schedule.at(l, epoch);
+                }
+            }
+            RunOptimizer::Adam {
+                opt,
+                base_lr,
+                lr_decay,
+            } => opt.set_learning_rate(lr_at(*base_lr, *lr_decay, epoch)),
+        }
+    }
+
+    /// One update from the gradients of `loss`.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<(), TrainError> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+
+    pub fn step(&mut self, grads: &GradStore) -> Result<(), TrainError> {
+        match self {
+            RunOptimizer::Sgd { opt, .. } => opt.step(grads)?,
+            RunOptimizer::Adam { opt, .. } => opt.step(grads)?,
+        }
+        Ok(())
+    }
+
+    /// The learning rate of the first parameter (conv1's, for SGD).
+    pub fn learning_rate(&self) -> f64 {
+        match self {
+            RunOptimizer::Sgd { opt, .. } => opt.learning_rate(),
+            RunOptimizer::Adam { opt, .. } => opt.learning_rate(),
+        }
+    }
+
+    /// The momentum of the first parameter (SGD only).
+    pub fn momentum(&self) -> Option<f64> {
+        match self {
+            RunOptimizer::Sgd { opt, .. } => opt.hypers().next().map(|h| h.momentum),
+            RunOptimizer::Adam { .. } => None,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            RunOptimizer::Sgd { .. } => "sgd",
+            RunOptimizer::Adam { .. } => "adam",
+        }
+    }
+
+    pub fn state(&self) -> Result<OptimizerState, TrainError> {
+        Ok(match self {
+            RunOptimizer::Sgd { opt, .. } => opt.state()?,
+            RunOptimizer::Adam { opt, .. } => opt.state()?,
+        })
+    }
+
+    pub fn load_state(&mut self, state: &OptimizerState) -> Result<(), TrainError> {
+        match self {
+            RunOptimizer::Sgd { opt, .. } => opt.load_state(state)?,
+            RunOptimizer::Adam { opt, .. } => opt.load_state(state)?,
+        }
+        Ok(())
+    }
+}
+
+/// The network's parameters as the `Var`s of `varmap`, in the network's order.
+fn named_vars(
+    net: &SiameseNet,
+    varmap: &candle_nn::VarMap,
+) -> Result<Vec<(String, Var)>, TrainError> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let by_name: HashMap<&str, &Var> = data.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    net.named_tensors()
+        .iter()
+        .map(|(name, _)| {
+            by_name
+                .get(name.as_str())
+                .map(|v| (name.clone(), (*v).clone()))
+                .ok_or_else(|| TrainError::Config(format!("the network's {name} is not trainable")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learning_rate_decays_one_percent_per_epoch() {
+        assert_eq!(lr_at(0.1, 0.99, 0), 0.1);
+        assert!((lr_at(0.1, 0.99, 1) - 0.099).abs() < 1e-15);
+        assert!((lr_at(0.1, 0.99, 10) - 0.1 * 0.99f64.powi(10)).abs() < 1e-15);
+        assert_eq!(lr_at(6e-5, 1.0, 50), 6e-5);
+    }
+
+    #[test]
+    fn momentum_ramps_linearly_then_holds() {
+        assert_eq!(momentum_at(0.5, 0.9, 20, 0), 0.5);
+        assert!((momentum_at(0.5, 0.9, 20, 10) - 0.7).abs() < 1e-12);
+        assert!((momentum_at(0.5, 0.9, 20, 19) - 0.88).abs() < 1e-12);
+        assert_eq!(momentum_at(0.5, 0.9, 20, 20), 0.9);
+        assert_eq!(momentum_at(0.5, 0.9, 20, 500), 0.9);
+        assert_eq!(momentum_at(0.5, 0.9, 0, 0), 0.9);
+    }
+
+    #[test]
+    fn schedule_applies_per_layer() {
+        let s = SgdSchedule::default();
+        let conv = *s.layer("tower.conv3.weight").unwrap();
+        let head = *s.layer("head.bias").unwrap();
+        assert_eq!(head.weight_decay, 0.0);
+        let e5 = s.at(&conv, 5);
+        assert!((e5.lr - DEFAULT_SGD_LR * 0.99f64.powi(5)).abs() < 1e-15);
+        assert!((e5.momentum - 0.6).abs() < 1e-12);
+        assert_eq!(e5.weight_decay, DEFAULT_SGD_CONV_L2);
+        assert_eq!(layer_of("tower.fc.weight"), "fc");
+        let mut missing = s.clone();
+        missing.layers.remove("fc");
+        let err = missing.layer("tower.fc.bias").unwrap_err().to_string();
+        assert!(err.contains("\"fc\""), "{err}");
+    }
+}

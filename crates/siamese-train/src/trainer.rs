@@ -1,0 +1,636 @@
+//! The training loop: steps, validation, early stopping, checkpoints, metrics and
+//! plots, resuming and stopping cleanly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use siamese_data::Part;
+use siamese_eval::{EvalOptions, EvalReport, KOCH_WAY, TrialSet, evaluate, siamese_scorer};
+use siamese_model::{SiameseNet, select_device};
+use tracing::{info, warn};
+
+use crate::TrainError;
+use crate::config::{Objective, TrainConfig};
+use crate::data::{Batch, Sampler, TrainData};
+use crate::metrics::{MetricLine, MetricsLog};
+use crate::objective::{all_pairs_loss, pair_loss};
+use crate::plot::draw_plots;
+use crate::run::{BestScore, RunDir, TrainState, load_checkpoint, save_checkpoint};
+use crate::schedule::RunOptimizer;
+
+/// A callback of [`TrainOptions::observer`].
+pub type StepObserver = Arc<dyn Fn(&StepReport) + Send + Sync>;
+
+/// What a step reports to [`TrainOptions::observer`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Steps completed (this step is number `step`, counting from 1).
+    pub step: u64,
+    pub epoch: u64,
+    pub loss: f32,
+    pub pairs: usize,
+}
+
+/// How a run is driven (not part of its configuration).
+#[derive(Clone, Default)]
+pub struct TrainOptions {
+    /// Show a progress bar (step, loss, pairs/s, ETA, best validation accuracy).
+    pub progress: bool,
+    /// Set it (e.g. from a Ctrl-C handler) to stop after the current step: a
+    /// checkpoint is written and [`train`] returns [`StopReason::Interrupted`].
+    pub stop: Arc<AtomicBool>,
+    /// Called after every step.
+    pub observer: Option<StepObserver>,
+}
+
+impl std::fmt::Debug for TrainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("progress", &self.progress)
+            .field("stop", &self.stop)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+/// Why training stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// All `train.epochs` epochs were trained.
+    Epochs,
+    /// `train.max_steps` steps were trained.
+    MaxSteps,
+    /// `train.max_minutes` ran out.
+    TimeLimit,
+    /// `train.patience` validations in a row brought no new best.
+    EarlyStopping,
+    /// [`TrainOptions::stop`] was set (Ctrl-C, SIGTERM).
+    Interrupted,
+}
+
+impl StopReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::Epochs => "all epochs trained",
+            StopReason::MaxSteps => "the step limit was reached",
+            StopReason::TimeLimit => "the time limit ran out",
+            StopReason::EarlyStopping => {
+                "early stopping (no better validation within the patience)"
+            }
+            StopReason::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    pub reason: StopReason,
+    /// Steps completed in all.
+    pub step: u64,
+    /// The epoch of the next step.
+    pub epoch: u64,
+    pub best: Option<BestScore>,
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Steps taken by this call.
+    pub steps_this_call: u64,
+    /// The last step's loss.
+    pub last_loss: Option<f32>,
+}
+
+/// Koch's early stopping: stop after `patience` validations in a row without a new
+/// best (strictly higher accuracy); a patience of 0 never stops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EarlyStopping {
+    pub patience: u64,
+    pub best: Option<f64>,
+    pub since_best: u64,
+}
+
+/// What [`EarlyStopping::observe`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    NewBest,
+    NotBetter,
+    Stop,
+}
+
+impl EarlyStopping {
+    pub fn new(patience: u64) -> Self {
+        EarlyStopping {
+            patience,
+            best: None,
+            since_best: 0,
+        }
+    }
+
+    pub fn observe(&mut self, accuracy: f64) -> Verdict {
+        if self.best.is_none_or(|b| accuracy > b) {
+            self.best = Some(accuracy);
+            self.since_best = 0;
+            return Verdict::NewBest;
+        }
+        self.since_best += 1;
+        if self.should_stop() {
+            Verdict::Stop
+        } else {
+            Verdict::NotBetter
+        }
+    }
+
+    pub fn should_stop(&self) -> bool {
+        self.patience > 0 && self.since_best >= self.patience
+    }
+}
+
+/// Trains the network of `config` on `data` in the run folder `run`: from its `last`
+/// checkpoint if it has one (a resumed run continues exactly, with the same losses
+/// as an uninterrupted one), else from the seeded initialisation. Writes
+/// `config.json`, `metrics.jsonl`, the plots and the checkpoints as it goes.
+///
+/// Returns why it stopped. A NaN or infinite loss is [`TrainError::NonFiniteLoss`],
+/// after which the last checkpoint written (all finite) is left as it was.
+pub fn train(
+    run: &RunDir,
+    config: &TrainConfig,
+    data: &TrainData,
+    options: &TrainOptions,
+) -> Result<TrainOutcome, TrainError> {
+    config.validate()?;
+    match config.train.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| TrainError::Config(format!("train.threads = {n}: {e}")))?
+            .install(|| Trainer::new(run, config, data, options)?.run()),
+        None => Trainer::new(run, config, data, options)?.run(),
+    }
+}
+
+struct Trainer<'a> {
+    run: &'a RunDir,
+    config: &'a TrainConfig,
+    data: &'a TrainData,
+    options: &'a TrainOptions,
+    device: Device,
+    net: SiameseNet,
+    optimizer: RunOptimizer,
+    sampler: Sampler,
+    state: TrainState,
+    stopping: EarlyStopping,
+    metrics: MetricsLog,
+    validation: TrialSet<'a>,
+    steps_per_epoch: u64,
+    total_steps: u64,
+    /// Training seconds of earlier invocations.
+    seconds_before: f64,
+    started: Instant,
+    last_validation_step: Option<u64>,
+    bar: ProgressBar,
+}
+
+impl<'a> Trainer<'a> {
+    fn new(
+        run: &'a RunDir,
+        config: &'a TrainConfig,
+        data: &'a TrainData,
+        options: &'a TrainOptions,
+    ) -> Result<Self, TrainError> {
+        let t = &config.train;
+        let device = select_device(&t.device)?;
+        data.check_size(config.model.input_size)?;
+        crate::run::write_atomic(&run.config_path(), config.to_json().as_bytes())?;
+        let sampler = Sampler::new(config, &data.train)?;
+        let steps_per_epoch = match (t.steps_per_epoch, sampler.koch_set_len()) {
+            (Some(n), _) => n,
+            (None, Some(len)) => len.div_ceil(t.batch_pairs) as u64,
+            (None, None) => unreachable!("validate() requires steps_per_epoch"),
+        };
+        let mut total_steps = t.epochs.saturating_mul(steps_per_epoch);
+        if let Some(m) = t.max_steps {
+            total_steps = total_steps.min(m);
+        }
+
+        let (net, optimizer, state) = match run.checkpoint("last") {
+            Some(dir) => {
+                let ckpt = load_checkpoint(&dir, &config.model, &device)?;
+                let mut optimizer =
+                    RunOptimizer::new(t.optimizer, &t.sgd, &t.adam, &ckpt.net, &ckpt.varmap)?;
+                if ckpt.state.optimizer != optimizer.kind_name() {
+                    return Err(TrainError::Resume {
+                        path: dir,
+                        reason: format!(
+                            "the checkpoint's optimizer is {}, the configuration's {}",
+                            ckpt.state.optimizer,
+                            optimizer.kind_name()
+                        ),
+                    });
+                }
+                optimizer.load_state(&ckpt.optimizer)?;
+                info!(
+                    "resuming {} from step {} (epoch {})",
+                    run.path().display(),
+                    ckpt.state.step,
+                    ckpt.state.epoch
+                );
+                (ckpt.net, optimizer, ckpt.state)
+            }
+            None => {
+                info!(
+                    "initialising {} ({} parameters, seed {})",
+                    config.model,
+                    config.model.num_params()?,
+                    t.seed
+                );
+                let (net, varmap) = SiameseNet::init(config.model, t.seed, &device)?;
+                let optimizer = RunOptimizer::new(t.optimizer, &t.sgd, &t.adam, &net, &varmap)?;
+                let state = TrainState {
+                    step: 0,
+                    epoch: 0,
+                    best: None,
+                    validations_since_best: 0,
+                    train_seconds: 0.0,
+                    optimizer: optimizer.kind_name().into(),
+                    optimizer_step: 0,
+                    optimizer_hypers: serde_json::Value::Null,
+                    finished: None,
+                };
+                (net, optimizer, state)
+            }
+        };
+        let metrics = MetricsLog::open(&run.metrics_path(), state.step)?;
+        let last_validation_step = metrics
+            .lines()
+            .iter()
+            .filter(|l| matches!(l, MetricLine::Validation { .. }))
+            .map(MetricLine::step)
+            .next_back();
+        let validation = TrialSet::koch(
+            &data.validation,
+            KOCH_WAY,
+            config.data.validation_trials,
+            config.data.validation_seed,
+        )?
+        .with_data_label(format!("{}/{}", config.data.split, Part::Validation));
+        let stopping = EarlyStopping {
+            patience: t.patience,
+            best: state.best.map(|b| b.accuracy),
+            since_best: state.validations_since_best,
+        };
+        let bar = if options.progress {
+            let bar = ProgressBar::new(total_steps);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps (ETA {eta}) {msg}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_position(state.step);
+            bar.enable_steady_tick(Duration::from_millis(500));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Ok(Trainer {
+            run,
+            config,
+            data,
+            options,
+            device,
+            seconds_before: state.train_seconds,
+            net,
+            optimizer,
+            sampler,
+            state,
+            stopping,
+            metrics,
+            validation,
+            steps_per_epoch,
+            total_steps,
+            started: Instant::now(),
+            last_validation_step,
+            bar,
+        })
+    }
+
+    fn epoch_of(&self, step: u64) -> u64 {
+        step / self.steps_per_epoch
+    }
+
+    fn run(mut self) -> Result<TrainOutcome, TrainError> {
+        let config = self.config;
+        let t = &config.train;
+        let limit = t.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
+        let first_step = self.state.step;
+        info!(
+            "training {} steps ({} per epoch){}, run folder {}",
+            self.total_steps,
+            self.steps_per_epoch,
+            limit.map_or(String::new(), |l| format!(
+                ", at most {:.1} minutes",
+                l.as_secs_f64() / 60.0
+            )),
+            self.run.path().display()
+        );
+        // Sums since the last train line of the metrics.
+        let (mut loss_sum, mut loss_n, mut pairs, mut step_time) = (0.0f64, 0u64, 0usize, 0.0f64);
+        let mut last_loss = None;
+        if t.validate_at_start && self.state.step == 0 && self.last_validation_step.is_none() {
+            self.validate()?;
+        }
+        let reason = loop {
+            if self.stopping.should_stop() {
+                break StopReason::EarlyStopping;
+            }
+            if self.state.step >= self.total_steps {
+                break if t.max_steps.is_some_and(|m| self.state.step >= m) {
+                    StopReason::MaxSteps
+                } else {
+                    StopReason::Epochs
+                };
+            }
+            if self.options.stop.load(Ordering::SeqCst) {
+                break StopReason::Interrupted;
+            }
+            if limit.is_some_and(|l| self.started.elapsed() >= l) {
+                break StopReason::TimeLimit;
+            }
+
+            let step = self.state.step;
+            let epoch = self.epoch_of(step);
+            let tick = Instant::now();
+            self.optimizer.set_epoch(epoch);
+            let batch = self.sampler.batch(&self.data.train, step, &self.device)?;
+            let n_pairs = batch.pair_count();
+            let loss = match (&batch, t.objective) {
+                (
+                    Batch::Pairs {
+                        left,
+                        right,
+                        targets,
+                    },
+                    Objective::Pairs,
+                ) => pair_loss(&self.net, left, right, targets)?,
+                (Batch::Classes { images, labels }, Objective::AllPairs) => {
+                    all_pairs_loss(&self.net, images, labels)?
+                }
+                _ => unreachable!("the sampler makes the objective's batches"),
+            };
+            let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                self.bar.abandon();
+                return Err(TrainError::NonFiniteLoss {
+                    step: step + 1,
+                    epoch,
+                    loss: value,
+                    last_good: self.run.checkpoint("last"),
+                });
+            }
+            self.optimizer.backward_step(&loss)?;
+            drop(loss);
+            self.state.step = step + 1;
+            self.state.epoch = self.epoch_of(self.state.step);
+            last_loss = Some(value);
+            let seconds = tick.elapsed().as_secs_f64();
+            loss_sum += f64::from(value);
+            loss_n += 1;
+            pairs += n_pairs;
+            step_time += seconds;
+            if let Some(observer) = &self.options.observer {
+                observer(&StepReport {
+                    step: self.state.step,
+                    epoch,
+                    loss: value,
+                    pairs: n_pairs,
+                });
+            }
+            let pairs_per_s = n_pairs as f64 / seconds.max(1e-9);
+            self.bar.set_position(self.state.step);
+            let left = limit.map_or(String::new(), |l| {
+                let s = l.saturating_sub(self.started.elapsed()).as_secs();
+                format!(" · {}:{:02} left", s / 60, s % 60)
+            });
+            self.bar.set_message(format!(
+                "loss {value:.4} · {pairs_per_s:.1} pairs/s · best {}{left}",
+                self.best_text()
+            ));
+            if self.state.step.is_multiple_of(t.log_every) {
+                self.metrics.append(MetricLine::Train {
+                    step: self.state.step,
+                    epoch,
+                    loss: loss_sum / loss_n as f64,
+                    lr: self.optimizer.learning_rate(),
+                    momentum: self.optimizer.momentum(),
+                    pairs_per_s: round3(pairs as f64 / step_time.max(1e-9)),
+                    elapsed_s: round3(self.elapsed()),
+                })?;
+                (loss_sum, loss_n, pairs, step_time) = (0.0, 0, 0, 0.0);
+            }
+            let validate_now = match t.validate_every {
+                Some(n) => self.state.step.is_multiple_of(n),
+                None => self.state.step.is_multiple_of(self.steps_per_epoch),
+            };
+            if validate_now {
+                self.validate()?;
+                self.save_last()?;
+                self.redraw();
+            } else if t
+                .checkpoint_every
+                .is_some_and(|n| self.state.step.is_multiple_of(n))
+            {
+                self.save_last()?;
+            }
+        };
+
+        let budget = matches!(
+            reason,
+            StopReason::Epochs | StopReason::MaxSteps | StopReason::TimeLimit
+        );
+        if budget && self.state.step > 0 && self.last_validation_step != Some(self.state.step) {
+            self.validate()?;
+        }
+        self.state.finished = Some(format!("{reason:?}"));
+        self.save_last()?;
+        self.redraw();
+        self.bar.finish_and_clear();
+        let best = self.state.best;
+        info!(
+            "stopped after step {} (epoch {}): {}; best validation accuracy {}; run folder {}",
+            self.state.step,
+            self.state.epoch,
+            reason.describe(),
+            self.best_text(),
+            self.run.path().display()
+        );
+        if reason == StopReason::Interrupted {
+            info!(
+                "continue with: siamese-cli train --resume {}",
+                self.run.path().display()
+            );
+        }
+        Ok(TrainOutcome {
+            reason,
+            step: self.state.step,
+            epoch: self.state.epoch,
+            best,
+            run_dir: self.run.path().to_path_buf(),
+            steps_this_call: self.state.step - first_step,
+            last_loss,
+        })
+    }
+
+    fn elapsed(&self) -> f64 {
+        self.seconds_before + self.started.elapsed().as_secs_f64()
+    }
+
+    fn best_text(&self) -> String {
+        match self.state.best {
+            Some(b) => format!("{:.1}% (step {})", 100.0 * b.accuracy, b.step),
+            None => "–".into(),
+        }
+    }
+
+    /// Evaluates on the validation trials; records, and saves `best` on a new best.
+    fn validate(&mut self) -> Result<(), TrainError> {
+        let start = Instant::now();
+        let report = self.bar.suspend(|| self.evaluate())?;
+        let seconds = start.elapsed().as_secs_f64();
+        let verdict = self.stopping.observe(report.accuracy);
+        self.state.validations_since_best = self.stopping.since_best;
+        let new_best = verdict == Verdict::NewBest;
+        let epoch = self.epoch_of(self.state.step.saturating_sub(1));
+        if new_best {
+            self.state.best = Some(BestScore {
+                step: self.state.step,
+                epoch,
+                accuracy: report.accuracy,
+                ci95_low: report.ci95_low,
+                ci95_high: report.ci95_high,
+            });
+        }
+        self.last_validation_step = Some(self.state.step);
+        self.metrics.append(MetricLine::Validation {
+            step: self.state.step,
+            epoch,
+            accuracy: report.accuracy,
+            ci95_low: report.ci95_low,
+            ci95_high: report.ci95_high,
+            correct: report.correct,
+            trials: report.trials,
+            ties: report.ties,
+            best: new_best,
+            seconds: round3(seconds),
+        })?;
+        self.bar.suspend(|| {
+            info!(
+                "step {} (epoch {epoch}): validation accuracy {:.2}% ({}/{}, 95% CI {:.1}–{:.1}%){} in {seconds:.1} s",
+                self.state.step,
+                100.0 * report.accuracy,
+                report.correct,
+                report.trials,
+                100.0 * report.ci95_low,
+                100.0 * report.ci95_high,
+                if new_best { ", new best" } else { "" },
+            )
+        });
+        if new_best {
+            self.save(&self.run.best_dir())?;
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self) -> Result<EvalReport, TrainError> {
+        let frozen = self.net.detach();
+        let scorer = siamese_scorer(&frozen, "validation");
+        let options = EvalOptions {
+            embed_batch: self.config.train.eval_batch,
+            keep_trials: false,
+            ..EvalOptions::default()
+        };
+        Ok(evaluate(&scorer, &self.validation, &options)?)
+    }
+
+    fn save_last(&mut self) -> Result<(), TrainError> {
+        self.save(&self.run.last_dir())
+    }
+
+    /// Saves a checkpoint of the current state into `dir`, refusing non-finite
+    /// weights (the previous checkpoint stays).
+    fn save(&self, dir: &std::path::Path) -> Result<(), TrainError> {
+        if !params_finite(&self.net)? {
+            return Err(TrainError::NonFiniteLoss {
+                step: self.state.step,
+                epoch: self.state.epoch,
+                loss: f32::NAN,
+                last_good: self.run.checkpoint("last"),
+            });
+        }
+        let opt = self.optimizer.state()?;
+        let mut state = self.state.clone();
+        state.train_seconds = self.elapsed();
+        state.optimizer_step = opt.step;
+        state.optimizer_hypers = opt.hypers.clone();
+        let provenance = serde_json::json!({
+            "run": self.run.name(),
+            "step": state.step,
+            "epoch": state.epoch,
+            "best": state.best,
+            "config": self.config,
+        });
+        save_checkpoint(dir, &self.net, &opt, &state, &provenance)
+    }
+
+    fn redraw(&self) {
+        if let Err(e) = draw_plots(self.run.path(), self.metrics.lines()) {
+            warn!("could not draw the plots: {e}");
+        }
+    }
+}
+
+/// Whether every parameter is finite (`x − x` is 0 for finite `x`, NaN otherwise).
+fn params_finite(net: &SiameseNet) -> Result<bool, TrainError> {
+    for (_, t) in net.named_tensors() {
+        let z = t.detach().sub(&t.detach())?.sum_all()?.to_scalar::<f32>()?;
+        if z != 0.0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_stopping_waits_for_the_patience() {
+        let mut s = EarlyStopping::new(3);
+        let seq = [0.10, 0.20, 0.15, 0.20, 0.25, 0.24, 0.25, 0.10];
+        let verdicts: Vec<Verdict> = seq.iter().map(|&a| s.observe(a)).collect();
+        use Verdict::*;
+        assert_eq!(
+            verdicts,
+            [
+                NewBest, NewBest, NotBetter, NotBetter, NewBest, NotBetter, NotBetter, Stop
+            ]
+        );
+        assert_eq!(s.best, Some(0.25));
+        assert!(s.should_stop());
+        // Patience 0 never stops.
+        let mut never = EarlyStopping::new(0);
+        for _ in 0..100 {
+            assert_ne!(never.observe(0.0), Stop);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! End-to-end runs of the trainer on a tiny synthetic problem: the koch35 tower on
+//! 24×24 synthetic glyphs (its last feature map is then 1×1, so the whole network has
+//! about 0.8M parameters and a checkpoint a few MB), a few steps each.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use siamese_data::augment::synthetic_glyph;
+use siamese_data::{Dataset, DatasetIndex, seeded_rng};
+use siamese_model::{Arch, ModelConfig};
+use siamese_train::metrics::{MetricLine, read_metrics};
+use siamese_train::{
+    Objective, OptimizerKind, PairSource, RunDir, StepReport, StopReason, TrainConfig, TrainData,
+    TrainError, TrainOptions, TrainState, train,
+};
+
+const SIDE: usize = 24;
+
+fn glyphs(index: DatasetIndex, seed: u64) -> Dataset {
+    let mut rng = seeded_rng(seed);
+    let images = (0..index.images().len())
+        .map(|_| synthetic_glyph(&mut rng, SIDE, SIDE))
+        .collect();
+    Dataset::from_parts(index, images).unwrap()
+}
+
+/// Train: 2 alphabets × 6 characters × 6 drawers; validation: one alphabet of 20
+/// characters by 2 drawers (one 20-way run).
+fn tiny_data() -> TrainData {
+    let chars = vec![(1..=6).collect::<Vec<u8>>(); 6];
+    let train = glyphs(DatasetIndex::synthetic(&[chars.clone(), chars]), 1);
+    let validation = glyphs(DatasetIndex::synthetic(&[vec![vec![13, 14]; 20]]), 2);
+    TrainData { train, validation }
+}
+
+fn tiny_config() -> TrainConfig {
+    let mut c = TrainConfig::default_preset();
+    c.model = ModelConfig {
+        arch: Arch::Koch35,
+        input_size: SIDE,
+    };
+    c.data.classes_per_batch = 3;
+    c.data.images_per_class = 2;
+    c.data.validation_trials = 20;
+    c.train.steps_per_epoch = Some(2);
+    c.train.max_steps = Some(6);
+    c.train.max_minutes = None;
+    c.train.device = "cpu".into();
+    c.train.log_every = 1;
+    c
+}
+
+/// The paper's setup in miniature: SGD with Koch's schedule on a fixed pair set of
+/// 8 × 3 entries, 5 pairs per step (so 5 steps per epoch, and passes over the set that
+/// straddle steps).
+fn tiny_paper_config() -> TrainConfig {
+    let mut c = tiny_config();
+    c.train.objective = Objective::Pairs;
+    c.train.optimizer = OptimizerKind::Sgd;
+    c.data.pairs = PairSource::KochSet;
+    c.data.koch_base_pairs = 8;
+    c.data.koch_distorted_copies = 2;
+    c.train.batch_pairs = 5;
+    c.train.steps_per_epoch = None;
+    c.train.sgd.momentum_ramp_epochs = 2;
+    c.train.sgd.lr_decay = 0.5;
+    c.train.max_steps = Some(8);
+    c
+}
+
+fn options() -> TrainOptions {
+    TrainOptions::default()
+}
+
+fn train_losses(run: &Path) -> Vec<(u64, f64)> {
+    read_metrics(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| match l {
+            MetricLine::Train { step, loss, .. } => Some((step, loss)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn state(dir: &Path) -> TrainState {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap()
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let mut t: Vec<(String, Vec<f32>)> =
+        candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
+fn resume_is_exact(config: TrainConfig, split_at: u64) {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let total = config.train.max_steps.unwrap();
+
+    let straight = RunDir::create(root.path(), Some("straight")).unwrap();
+    let out = train(&straight, &config, &data, &options()).unwrap();
+    assert_eq!((out.reason, out.step), (StopReason::MaxSteps, total));
+
+    let parts = RunDir::create(root.path(), Some("parts")).unwrap();
+    let mut first = config.clone();
+    first.train.max_steps = Some(split_at);
+    let out = train(&parts, &first, &data, &options()).unwrap();
+    assert_eq!((out.reason, out.step), (StopReason::MaxSteps, split_at));
+    assert_eq!(state(&parts.last_dir()).step, split_at);
+    // Resume from the folder, as `--resume` does, with the budget raised.
+    let reopened = RunDir::open(parts.path()).unwrap();
+    let mut resumed = TrainConfig::load_json(&reopened.config_path()).unwrap();
+    assert_eq!(resumed, first);
+    resumed.train.max_steps = Some(total);
+    let out = train(&reopened, &resumed, &data, &options()).unwrap();
+    assert_eq!((out.step, out.steps_this_call), (total, total - split_at));
+
+    let a = train_losses(straight.path());
+    let b = train_losses(parts.path());
+    assert_eq!(a.len() as u64, total);
+    let steps: Vec<u64> = b.iter().map(|l| l.0).collect();
+    assert_eq!(steps, (1..=total).collect::<Vec<_>>());
+    for ((s, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(x.to_bits(), y.to_bits(), "step {s}: {x} vs {y}");
+    }
+    assert!(a.iter().all(|l| l.1.is_finite() && l.1 > 0.0));
+    assert_eq!(
+        weights(&straight.last_dir().join("model.safetensors")),
+        weights(&parts.last_dir().join("model.safetensors"))
+    );
+    assert_eq!(
+        weights(&straight.last_dir().join("optimizer.safetensors")),
+        weights(&parts.last_dir().join("optimizer.safetensors"))
+    );
+}
+
+#[test]
+fn all_pairs_with_adam_resumes_exactly() {
+    resume_is_exact(tiny_config(), 3);
+}
+
+#[test]
+fn koch_set_with_layerwise_sgd_resumes_exactly() {
+    // Split inside epoch 0; the run crosses into epoch 1 (new lr and momentum) and
+    // into the second pass over the set.
+    resume_is_exact(tiny_paper_config(), 4);
+}
+
+#[test]
+fn a_run_folder_holds_everything() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_config();
+    config.train.validate_at_start = true;
+    let run = RunDir::create(root.path(), None).unwrap();
+    let out = train(&run, &config, &data, &options()).unwrap();
+    assert_eq!(out.step, 6);
+    let dir = run.path();
+    assert_eq!(
+        TrainConfig::load_json(&dir.join("config.json")).unwrap(),
+        config
+    );
+    // metrics.jsonl: every line parses; train lines for each step, a validation of the
+    // initial network and one at the end of each 2-step epoch.
+    let lines = read_metrics(&dir.join("metrics.jsonl")).unwrap();
+    let vals: Vec<u64> = lines
+        .iter()
+        .filter(|l| matches!(l, MetricLine::Validation { .. }))
+        .map(MetricLine::step)
+        .collect();
+    assert_eq!(vals, [0, 2, 4, 6]);
+    for l in &lines {
+        match l {
+            MetricLine::Train {
+                lr, pairs_per_s, ..
+            } => {
+                assert_eq!(*lr, config.train.adam.lr);
+                assert!(*pairs_per_s > 0.0);
+            }
+            MetricLine::Validation {
+                accuracy,
+                ci95_low,
+                ci95_high,
+                trials,
+                ..
+            } => {
+                assert_eq!(*trials, 20);
+                assert!(ci95_low <= accuracy && accuracy <= ci95_high);
+            }
+        }
+    }
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["kind"].is_string() && v["step"].is_u64(), "{line}");
+    }
+    // Checkpoints: best is a real copy on disk, with the state of its step.
+    let best = out.best.unwrap();
+    let best_state = state(&run.best_dir());
+    assert_eq!(best_state.step, best.step);
+    let saved = best_state.best.unwrap();
+    assert_eq!((saved.step, saved.accuracy), (best.step, best.accuracy));
+    assert_eq!(state(&run.last_dir()).step, 6);
+    for ckpt in [run.best_dir(), run.last_dir()] {
+        let info = siamese_model::read_checkpoint_info(ckpt.join("model.safetensors")).unwrap();
+        assert_eq!(info.config, config.model);
+        assert!(ckpt.join("optimizer.safetensors").is_file());
+    }
+    // The latest link, and the plots.
+    assert_eq!(
+        std::fs::canonicalize(root.path().join("latest")).unwrap(),
+        std::fs::canonicalize(dir).unwrap()
+    );
+    for png in ["loss.png", "validation.png"] {
+        let img = image::open(dir.join(png)).unwrap();
+        assert!(img.width() > 100 && img.height() > 100);
+    }
+    // No temporary files left behind.
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "{name}");
+    }
+}
+
+#[test]
+fn stop_flag_checkpoints_and_resume_finishes() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_config();
+    config.train.steps_per_epoch = Some(10);
+    let run = RunDir::create(root.path(), Some("stopped")).unwrap();
+    let mut opts = options();
+    let stop = opts.stop.clone();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    opts.observer = Some(Arc::new(move |r: &StepReport| {
+        log.lock().unwrap().push(r.step);
+        if r.step == 2 {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }));
+    let out = train(&run, &config, &data, &opts).unwrap();
+    assert_eq!((out.reason, out.step), (StopReason::Interrupted, 2));
+    assert_eq!(*seen.lock().unwrap(), [1, 2]);
+    assert_eq!(state(&run.last_dir()).step, 2);
+    let out = train(&run, &config, &data, &options()).unwrap();
+    assert_eq!((out.reason, out.step), (StopReason::MaxSteps, 6));
+}
+
+#[test]
+fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_paper_config();
+    // An absurd learning rate: the first step is finite, the weights then explode.
+    for h in config.train.sgd.layers.values_mut() {
+        h.lr = 1e30;
+    }
+    config.train.checkpoint_every = Some(1);
+    config.train.max_steps = Some(8);
+    let run = RunDir::create(root.path(), Some("nan")).unwrap();
+    let err = train(&run, &config, &data, &options()).unwrap_err();
+    let TrainError::NonFiniteLoss {
+        step, last_good, ..
+    } = &err
+    else {
+        panic!("expected a non-finite loss, got {err}");
+    };
+    let message = err.to_string();
+    assert!(message.contains("training stopped"), "{message}");
+    let last = last_good.clone().expect("a checkpoint was written before");
+    assert!(message.contains(&last.display().to_string()), "{message}");
+    let kept = state(&last);
+    assert!(kept.step < *step, "{} vs {step}", kept.step);
+    for (name, values) in weights(&last.join("model.safetensors")) {
+        assert!(values.iter().all(|v| v.is_finite()), "{name}");
+    }
+    let losses = train_losses(run.path());
+    assert!(losses.iter().all(|l| l.1.is_finite()));
+}
+
+#[test]
+fn early_stopping_ends_a_run() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_config();
+    config.train.validate_every = Some(1);
+    config.train.patience = 1;
+    config.train.max_steps = Some(40);
+    let run = RunDir::create(root.path(), Some("patience")).unwrap();
+    let out = train(&run, &config, &data, &options()).unwrap();
+    assert_eq!(out.reason, StopReason::EarlyStopping);
+    assert!(out.step < 40);
+    // The last validation brought no new best; the best checkpoint is older.
+    let lines = read_metrics(&run.metrics_path()).unwrap();
+    let Some(MetricLine::Validation { best, step, .. }) = lines.last() else {
+        panic!("the run ends with a validation");
+    };
+    assert!(!best);
+    assert_eq!(*step, out.step);
+    assert!(state(&run.best_dir()).step < out.step);
+    assert_eq!(state(&run.last_dir()).validations_since_best, 1);
+    // Resuming an early-stopped run stops at once.
+    let again = train(&run, &config, &data, &options()).unwrap();
+    assert_eq!(
+        (again.reason, again.steps_this_call),
+        (StopReason::EarlyStopping, 0)
+    );
+}
