@@ -242,6 +242,21 @@ impl KochDistortion {
         }
     }
 
+    /// Rotation only, always applied, uniform in `[min_deg, max_deg]` (torchvision's
+    /// `RandomAffine(degrees)` is `rotation_only(-degrees, degrees)`).
+    pub fn rotation_only(min_deg: f64, max_deg: f64) -> Self {
+        KochDistortion {
+            p_include: 1.0,
+            rotation_deg: [min_deg, max_deg],
+            shear_x: [0.0, 0.0],
+            shear_y: [0.0, 0.0],
+            scale_x: [1.0, 1.0],
+            scale_y: [1.0, 1.0],
+            translate_x: [0.0, 0.0],
+            translate_y: [0.0, 0.0],
+        }
+    }
+
     /// Checks that the probability is in `[0, 1]` and every range is finite with
     /// `min <= max`. [`sample`](Self::sample) panics on configurations this rejects.
     pub fn validate(&self) -> Result<(), InvalidDistortion> {
@@ -862,16 +877,7 @@ mod tests {
             let got = warp(&img, &AffineParams::rotation(90.0));
             assert!(max_abs_diff(&got, &want) < 1e-6, "n = {n}");
             // Also through the wider distribution: θ fixed at 90° by a degenerate range.
-            let k = KochDistortion {
-                p_include: 1.0,
-                rotation_deg: [90.0, 90.0],
-                shear_x: [0.0, 0.0],
-                shear_y: [0.0, 0.0],
-                scale_x: [1.0, 1.0],
-                scale_y: [1.0, 1.0],
-                translate_x: [0.0, 0.0],
-                translate_y: [0.0, 0.0],
-            };
+            let k = KochDistortion::rotation_only(90.0, 90.0);
             let mut out = vec![0.0; n * n];
             distort_into(&img, &k, &mut rng, &mut out);
             assert!(max_abs_diff(&out, &want) < 1e-6);

@@ -298,16 +298,7 @@ impl TrainConfig {
                 negatives: NegativeFrom::AnyAlphabet,
                 pairs: PairSource::Online,
                 distort: true,
-                distortion: KochDistortion {
-                    p_include: 1.0,
-                    rotation_deg: [-15.0, 15.0],
-                    shear_x: [0.0, 0.0],
-                    shear_y: [0.0, 0.0],
-                    scale_x: [1.0, 1.0],
-                    scale_y: [1.0, 1.0],
-                    translate_x: [0.0, 0.0],
-                    translate_y: [0.0, 0.0],
-                },
+                distortion: KochDistortion::rotation_only(-15.0, 15.0),
                 ..d.data
             },
             model: ModelConfig::new(Arch::Koch),

@@ -418,62 +418,29 @@ mod tests {
     }
 
     #[test]
-    fn adam_matches_candle_adamw_without_decay() {
-        let (ours, theirs) = (var(), var());
-        let mut a = Adam::new(
-            vec![ours.clone()],
-            AdamConfig {
+    fn adam_and_adamw_match_candle() {
+        for decay in [0.0, 0.1] {
+            let (ours, theirs) = (var(), var());
+            let config = AdamConfig {
                 lr: 0.05,
+                decoupled_weight_decay: decay,
                 ..AdamConfig::default()
-            },
-        )
-        .unwrap();
-        let mut b = AdamW::new(
-            vec![theirs.clone()],
-            ParamsAdamW {
+            };
+            let mut a = Adam::new(vec![ours.clone()], config).unwrap();
+            let params = ParamsAdamW {
                 lr: 0.05,
-                weight_decay: 0.0,
+                weight_decay: decay,
                 ..ParamsAdamW::default()
-            },
-        )
-        .unwrap();
-        for _ in 0..5 {
-            a.backward_step(&loss(&ours)).unwrap();
-            b.backward_step(&loss(&theirs)).unwrap();
-        }
-        for (x, y) in values(&ours).iter().zip(values(&theirs)) {
-            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
-        }
-        assert_ne!(values(&ours), values(&var()));
-    }
-
-    #[test]
-    fn adamw_decay_matches_candle() {
-        let (ours, theirs) = (var(), var());
-        let mut a = Adam::new(
-            vec![ours.clone()],
-            AdamConfig {
-                lr: 0.05,
-                decoupled_weight_decay: 0.1,
-                ..AdamConfig::default()
-            },
-        )
-        .unwrap();
-        let mut b = AdamW::new(
-            vec![theirs.clone()],
-            ParamsAdamW {
-                lr: 0.05,
-                weight_decay: 0.1,
-                ..ParamsAdamW::default()
-            },
-        )
-        .unwrap();
-        for _ in 0..4 {
-            a.backward_step(&loss(&ours)).unwrap();
-            b.backward_step(&loss(&theirs)).unwrap();
-        }
-        for (x, y) in values(&ours).iter().zip(values(&theirs)) {
-            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            };
+            let mut b = AdamW::new(vec![theirs.clone()], params).unwrap();
+            for _ in 0..5 {
+                a.backward_step(&loss(&ours)).unwrap();
+                b.backward_step(&loss(&theirs)).unwrap();
+            }
+            for (x, y) in values(&ours).iter().zip(values(&theirs)) {
+                assert!((x - y).abs() < 1e-5, "decay {decay}: {x} vs {y}");
+            }
+            assert_ne!(values(&ours), values(&var()));
         }
     }
 
