@@ -108,6 +108,7 @@ fn open(spec: &str, backend: Backend, ordinal: usize) -> Result<Device, ModelErr
 }
 
 fn auto_device() -> Device {
+    let mut reasons = Vec::new();
     for backend in [Backend::Cuda, Backend::Metal] {
         if !backend.compiled() {
             continue;
@@ -117,12 +118,94 @@ fn auto_device() -> Device {
                 tracing::info!("device auto: using {} device 0", backend.name());
                 return device;
             }
-            Err(err) => tracing::info!("device auto: no {} device ({err})", backend.name()),
+            Err(err) => {
+                tracing::info!("device auto: no {} device ({err})", backend.name());
+                reasons.push(format!("no {} device answered", backend.name()));
+            }
         }
     }
     tracing::info!(
-        "device auto: using the CPU ({} threads)",
-        candle_core::utils::get_num_threads()
+        "device auto: using the CPU ({} threads): {}",
+        candle_core::utils::get_num_threads(),
+        auto_reason(&reasons)
     );
     Device::Cpu
+}
+
+/// Why `auto` chose the CPU, in words.
+fn auto_reason(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "this binary has no GPU backend (build with `--features cuda` for CUDA)".to_string()
+    } else {
+        reasons.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_open_without_a_gpu_backend() {
+        assert!(select_device("cpu").unwrap().is_cpu());
+        assert!(select_device(" CPU ").unwrap().is_cpu());
+        if !cfg!(any(feature = "cuda", feature = "metal")) {
+            assert!(select_device("auto").unwrap().is_cpu());
+            assert!(auto_reason(&[]).contains("--features cuda"));
+        }
+        assert_eq!(
+            auto_reason(&["no CUDA device answered".into()]),
+            "no CUDA device answered"
+        );
+    }
+
+    #[test]
+    fn malformed_specs_are_unknown_devices() {
+        for spec in ["gpu", "cuda:x", "cuda:", "cpu:0", "auto:1", "", "cuda:-1"] {
+            match select_device(spec) {
+                Err(ModelError::UnknownDevice(s)) => assert_eq!(s, spec),
+                other => panic!("{spec:?}: {other:?}"),
+            }
+        }
+        let msg = ModelError::UnknownDevice("gpu".into()).to_string();
+        assert!(msg.contains("auto, cpu, cuda, cuda:N"), "{msg}");
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_names_the_feature() {
+        for spec in ["cuda", "CUDA:1"] {
+            match select_device(spec) {
+                Err(
+                    e @ ModelError::DeviceNotCompiled {
+                        backend: "CUDA",
+                        feature: "cuda",
+                        ..
+                    },
+                ) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("--features cuda"), "{msg}");
+                    assert!(msg.contains(&format!("{spec:?}")), "{msg}");
+                }
+                other => panic!("{spec}: {other:?}"),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "metal"))]
+    #[test]
+    fn metal_without_the_feature_names_the_feature() {
+        assert!(matches!(
+            select_device("metal:0"),
+            Err(ModelError::DeviceNotCompiled {
+                feature: "metal",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn device_kinds() {
+        assert_eq!(device_kind(&Device::Cpu), "cpu");
+    }
 }

@@ -97,16 +97,42 @@ pub(crate) struct Plan {
     pub imgs: usize,
     /// Output rows per block of a one-image task (`oh` when `imgs > 1`).
     pub rows: usize,
+    /// Convolve by FFT ([`super::fft`]) instead of im2col + gemm.
+    pub fft: bool,
+}
+
+/// The environment variable that overrides the choice between im2col + gemm and
+/// the FFT for every convolution: `direct`, `fft` or `auto` (the default).
+pub const ALGO_ENV: &str = "SIAMESE_CONV_ALGO";
+
+/// The algorithm forced by [`ALGO_ENV`], read once.
+fn forced_algo() -> Option<bool> {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| match std::env::var(ALGO_ENV).as_deref() {
+        Ok("direct") => Some(false),
+        Ok("fft") => Some(true),
+        Ok("auto") | Err(_) => None,
+        Ok(other) => {
+            tracing::warn!("{ALGO_ENV}={other:?} is not direct, fft or auto: using auto");
+            None
+        }
+    })
 }
 
 impl Plan {
+    /// The plan for these sizes: the FFT where its cost model says it pays (or
+    /// [`ALGO_ENV`] says so), else im2col + gemm with blocks sized for the caches.
     pub fn new<T>(g: &ConvGeom) -> Self {
         let bytes = if g.k() < SMALL_K {
             COL_BYTES_SMALL_K
         } else {
             COL_BYTES
         };
-        Self::with_col_bytes(g, size_of::<T>(), bytes)
+        let fft = forced_algo().unwrap_or_else(|| super::fft::pays(g));
+        Self {
+            fft,
+            ..Self::with_col_bytes(g, size_of::<T>(), bytes)
+        }
     }
 
     pub fn with_col_bytes(g: &ConvGeom, elem: usize, bytes: usize) -> Self {
@@ -118,11 +144,13 @@ impl Plan {
             Self {
                 imgs: 1,
                 rows: g.oh.div_ceil(nblocks),
+                fft: false,
             }
         } else {
             Self {
                 imgs: (target / g.p()).clamp(1, g.n),
                 rows: g.oh,
+                fft: false,
             }
         }
     }
@@ -233,6 +261,15 @@ pub(crate) fn conv_fwd<T: Real>(
     assert_eq!(x.len(), g.n * g.x_img());
     assert_eq!(w.len(), g.o * g.k());
     assert_eq!(b.len(), g.o);
+    if plan.fft && g.n > 0 {
+        let mut y = super::fft::conv_fwd_preact(g, x, w, b);
+        if relu {
+            y.par_chunks_mut(g.y_img()).for_each(|y| {
+                y.iter_mut().for_each(|v| *v = bias_relu(*v, T::ZERO, true));
+            });
+        }
+        return y;
+    }
     let mut y = vec![T::ZERO; g.n * g.y_img()];
     if y.is_empty() {
         return y;
@@ -272,6 +309,14 @@ pub(crate) fn conv_fwd_pool<T: Real>(
     if y.is_empty() {
         return (y, codes);
     }
+    if plan.fft {
+        let yf = super::fft::conv_fwd_preact(g, x, w, b);
+        y.par_chunks_mut(pooled_img)
+            .zip(codes.par_chunks_mut(pooled_img))
+            .zip(yf.par_chunks(g.y_img()))
+            .for_each(|((y, codes), yf)| pool_relu(g, yf, y, codes));
+        return (y, codes);
+    }
     let par = gemm_parallelism(g.n.div_ceil(plan.imgs));
     y.par_chunks_mut(plan.imgs * pooled_img)
         .zip(codes.par_chunks_mut(plan.imgs * pooled_img))
@@ -288,25 +333,33 @@ pub(crate) fn conv_fwd_pool<T: Real>(
                 for blk in blocks(g, plan, 0, imgs) {
                     fwd_block(g, x, w, b, false, blk, yf, s, par);
                 }
-                let planes = yf.chunks_exact(g.p()).zip(y.chunks_exact_mut(ph * pw));
-                for ((src, dst), codes) in planes.zip(codes.chunks_exact_mut(ph * pw)) {
-                    for i in 0..ph {
-                        let r0 = &src[2 * i * g.ow..][..2 * pw];
-                        let r1 = &src[(2 * i + 1) * g.ow..][..2 * pw];
-                        let win = r0.chunks_exact(2).zip(r1.chunks_exact(2));
-                        let out = dst[i * pw..][..pw]
-                            .iter_mut()
-                            .zip(&mut codes[i * pw..][..pw]);
-                        for ((v, c), (a, b)) in out.zip(win) {
-                            let (k, m) = super::pool::argmax4(a[0], a[1], b[0], b[1]);
-                            (*v, *c) = (bias_relu(m, T::ZERO, true), k as u8);
-                        }
-                    }
-                }
+                pool_relu(g, yf, y, codes);
                 s.full = full;
             });
         });
     (y, codes)
+}
+
+/// The ReLU'd 2×2 max-pool of pre-activation planes `yf` `(.., oh, ow)` into `y`
+/// `(.., oh / 2, ow / 2)`, with the argmax codes (max and ReLU commute; the argmax
+/// is that of relu-then-pool wherever the gradient is not zero).
+fn pool_relu<T: Real>(g: &ConvGeom, yf: &[T], y: &mut [T], codes: &mut [u8]) {
+    let (ph, pw) = (g.oh / 2, g.ow / 2);
+    let planes = yf.chunks_exact(g.p()).zip(y.chunks_exact_mut(ph * pw));
+    for ((src, dst), codes) in planes.zip(codes.chunks_exact_mut(ph * pw)) {
+        for i in 0..ph {
+            let r0 = &src[2 * i * g.ow..][..2 * pw];
+            let r1 = &src[(2 * i + 1) * g.ow..][..2 * pw];
+            let win = r0.chunks_exact(2).zip(r1.chunks_exact(2));
+            let out = dst[i * pw..][..pw]
+                .iter_mut()
+                .zip(&mut codes[i * pw..][..pw]);
+            for ((v, c), (a, b)) in out.zip(win) {
+                let (k, m) = super::pool::argmax4(a[0], a[1], b[0], b[1]);
+                (*v, *c) = (bias_relu(m, T::ZERO, true), k as u8);
+            }
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -463,6 +516,9 @@ pub(crate) fn conv_bwd<T: Real>(
         let (dw, db) = (vec![T::ZERO; g.o * k], vec![T::ZERO; g.o]);
         return ConvGrads { dx, dw, db };
     }
+    if plan.fft {
+        return conv_bwd_fft(g, x, w, &out, input_grad);
+    }
     // Groups of whole tasks, each with its own weight-gradient accumulator; a few
     // per thread so that rayon can balance them if a core is busy elsewhere.
     let tasks = g.n.div_ceil(plan.imgs);
@@ -503,6 +559,41 @@ pub(crate) fn conv_bwd<T: Real>(
         dw.iter_mut().zip(&pw).for_each(|(a, &b)| *a += b);
         db.iter_mut().zip(&pb).for_each(|(a, &b)| *a += b);
     }
+    ConvGrads { dx, dw, db }
+}
+
+/// [`conv_bwd`] by FFT: the output gradient of every image first, then
+/// [`super::fft::conv_bwd`].
+fn conv_bwd_fft<T: Real>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    out: &OutGrad<'_, T>,
+    input_grad: bool,
+) -> ConvGrads<T> {
+    let p = g.p();
+    let mut dz = super::fft::reuse::take(g.n * g.y_img(), T::ZERO);
+    dz.par_chunks_mut(g.y_img()).enumerate().for_each(|(i, d)| {
+        for (o, d) in d.chunks_exact_mut(p).enumerate() {
+            out.gather(g, i, o, 0, d);
+        }
+    });
+    let db = dz
+        .par_chunks(g.y_img())
+        .map(|d| {
+            d.chunks_exact(p)
+                .map(|plane| plane.iter().fold(T::ZERO, |a, &v| a + v))
+                .collect::<Vec<T>>()
+        })
+        .reduce(
+            || vec![T::ZERO; g.o],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
+                a
+            },
+        );
+    let (dw, dx) = super::fft::conv_bwd(g, x, w, &dz, input_grad);
+    super::fft::reuse::give(dz);
     ConvGrads { dx, dw, db }
 }
 

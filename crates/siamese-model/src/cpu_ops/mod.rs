@@ -32,6 +32,7 @@
 //!   stock backward spreads it over all maxima.
 
 mod conv;
+mod fft;
 mod pool;
 
 #[cfg(test)]
@@ -175,7 +176,7 @@ pub(crate) struct Scratch<T> {
 }
 
 /// The element types of the fast path.
-pub(crate) trait Real: WithDType + gemm_elem::GemmElem {
+pub(crate) trait Real: WithDType + gemm_elem::GemmElem + realfft::FftNum {
     const ZERO: Self;
     const ONE: Self;
     /// Runs `f` with this thread's scratch buffers (fresh ones if they are in use,

@@ -85,10 +85,24 @@ fn conv_kernels_match_stock_for_all_plans() -> Result<()> {
         let g = ConvGeom::new((n, c, h, w), (o, c, kh, kw))?;
         let mut plans = vec![Plan::new::<f32>(&g)];
         for rows in [1, 2, 3, g.oh] {
-            plans.push(Plan { imgs: 1, rows });
+            plans.push(Plan {
+                imgs: 1,
+                rows,
+                fft: false,
+            });
         }
         for imgs in [2, 3, n] {
-            plans.push(Plan { imgs, rows: g.oh });
+            plans.push(Plan {
+                imgs,
+                rows: g.oh,
+                fft: false,
+            });
+        }
+        for fft in [false, true] {
+            plans.push(Plan {
+                fft,
+                ..Plan::new::<f32>(&g)
+            });
         }
         for relu in [false, true] {
             let x = randn(&mut r, &[n, c, h, w], DType::F64)?;
@@ -443,11 +457,20 @@ fn fused_pool_matches_separate_ops() -> Result<()> {
         let (xs, ws, bs, ps) = (v(&x)?, v(&wt)?, v(&b)?, v(&probe)?);
         let (dx, dw) = (v(g1.get(&x).unwrap())?, v(g1.get(&wt).unwrap())?);
         let plans = [
-            Plan { imgs: 1, rows: 1 },
-            Plan { imgs: 1, rows: 3 },
+            Plan {
+                imgs: 1,
+                rows: 1,
+                fft: false,
+            },
+            Plan {
+                imgs: 1,
+                rows: 3,
+                fft: false,
+            },
             Plan {
                 imgs: 2,
                 rows: g.oh,
+                fft: false,
             },
         ];
         for plan in plans {
