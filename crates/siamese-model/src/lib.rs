@@ -15,7 +15,8 @@
 //!   the provenance in its metadata, written atomically;
 //! * [`select_device`]: the one place where `auto` / `cpu` / `cuda[:N]` /
 //!   `metal[:N]` become a candle `Device`;
-//! * [`cpu_ops`]: fast CPU convolution and max-pool kernels.
+//! * [`cpu_ops`]: fast CPU kernels: convolution (im2col + gemm, or FFT), max-pool, the
+//!   fully connected sigmoid layer.
 //!
 //! Images are `(n, 1, s, s)` f32 tensors with ink 1.0 and background 0.0, as
 //! `siamese-data` produces them.

@@ -35,7 +35,11 @@ impl Module for Tower {
         for conv in &self.convs {
             x = conv.forward(&x)?;
         }
-        candle_nn::ops::sigmoid(&self.fc.forward(&x.flatten_from(1)?)?)
+        let bias = self
+            .fc
+            .bias()
+            .ok_or_else(|| candle_core::Error::Msg("tower.fc has no bias".into()))?;
+        crate::cpu_ops::linear_sigmoid(&x.flatten_from(1)?, self.fc.weight(), bias)
     }
 }
 

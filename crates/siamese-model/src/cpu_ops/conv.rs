@@ -578,20 +578,19 @@ fn conv_bwd_fft<T: Real>(
             out.gather(g, i, o, 0, d);
         }
     });
-    let db = dz
+    // Per image, then summed in image order: the same bits whatever the threads.
+    let per_image: Vec<Vec<T>> = dz
         .par_chunks(g.y_img())
         .map(|d| {
             d.chunks_exact(p)
                 .map(|plane| plane.iter().fold(T::ZERO, |a, &v| a + v))
-                .collect::<Vec<T>>()
+                .collect()
         })
-        .reduce(
-            || vec![T::ZERO; g.o],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, &b)| *a += b);
-                a
-            },
-        );
+        .collect();
+    let mut db = vec![T::ZERO; g.o];
+    for img in &per_image {
+        db.iter_mut().zip(img).for_each(|(a, &b)| *a += b);
+    }
     let (dw, dx) = super::fft::conv_bwd(g, x, w, &dz, input_grad);
     super::fft::reuse::give(dz);
     ConvGrads { dx, dw, db }

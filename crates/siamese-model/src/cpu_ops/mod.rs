@@ -33,6 +33,7 @@
 
 mod conv;
 mod fft;
+mod linear;
 mod pool;
 
 #[cfg(test)]
@@ -122,6 +123,32 @@ pub fn conv2d_bias_relu_pool2x2(
     }
 }
 
+/// `σ(x · wᵀ + b)`: the fully connected sigmoid layer, `x: (n, k)`, `w: (m, k)`,
+/// `b: (m,)` to `(n, m)`.
+///
+/// On CPU with `f32`/`f64` one custom op computes it and its gradients (the weight
+/// gradient in `w`'s own layout, by one gemm); elsewhere candle's `Linear` and
+/// `sigmoid`.
+pub fn linear_sigmoid(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let ((_, k), (m, wk), bm) = (x.dims2()?, w.dims2()?, b.dims1()?);
+    if wk != k || bm != m {
+        candle_core::bail!(
+            "linear_sigmoid: shape mismatch: x {:?}, w {:?}, b {:?}",
+            x.shape(),
+            w.shape(),
+            b.shape()
+        );
+    }
+    if fast_path(&[x, w, b]) {
+        let (w, b) = (w.contiguous()?, b.contiguous()?);
+        x.contiguous()?.apply_op3(&w, &b, linear::LinearSigmoid)
+    } else {
+        use candle_core::Module;
+        let linear = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        candle_nn::ops::sigmoid(&linear.forward(x)?)
+    }
+}
+
 /// 2×2 max-pool with stride 2 of `(n, c, h, w)` into `(n, c, h / 2, w / 2)` (floor:
 /// an odd last row or column is dropped).
 ///
@@ -179,6 +206,7 @@ pub(crate) struct Scratch<T> {
 pub(crate) trait Real: WithDType + gemm_elem::GemmElem + realfft::FftNum {
     const ZERO: Self;
     const ONE: Self;
+    fn exp(self) -> Self;
     /// Runs `f` with this thread's scratch buffers (fresh ones if they are in use,
     /// which only happens if rayon runs another of our tasks inside one of ours).
     fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R;
@@ -192,6 +220,9 @@ thread_local! {
 impl Real for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
     fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
         SCRATCH_F32.with(|s| match s.try_borrow_mut() {
             Ok(mut s) => f(&mut s),
@@ -203,6 +234,9 @@ impl Real for f32 {
 impl Real for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
     fn with_scratch<R>(f: impl FnOnce(&mut Scratch<Self>) -> R) -> R {
         SCRATCH_F64.with(|s| match s.try_borrow_mut() {
             Ok(mut s) => f(&mut s),

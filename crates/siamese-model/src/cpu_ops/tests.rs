@@ -548,3 +548,37 @@ fn finite_difference_gradients_of_a_tiny_network_fused() -> Result<()> {
     }
     Ok(())
 }
+
+/// The fused fully connected sigmoid layer against candle's `Linear` + `sigmoid`:
+/// forward and all three gradients, f32 and f64.
+#[test]
+fn linear_sigmoid_matches_stock() -> Result<()> {
+    use candle_core::Module;
+    let mut r = rng(7);
+    for &(n, k, m) in &[(1, 1, 1), (3, 17, 5), (8, 96, 40)] {
+        for dtype in [DType::F32, DType::F64] {
+            let x = Var::from_tensor(&randn(&mut r, &[n, k], dtype)?)?;
+            let w = Var::from_tensor(&(randn(&mut r, &[m, k], dtype)? * 0.3)?)?;
+            let b = Var::from_tensor(&randn(&mut r, &[m], dtype)?)?;
+            let ours = super::linear_sigmoid(&x, &w, &b)?;
+            let linear = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+            let stock = candle_nn::ops::sigmoid(&linear.forward(&x)?)?;
+            let what = format!("linear-sigmoid ({n}, {k}) -> {m} {dtype:?}");
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-12 };
+            assert_close(&format!("{what}: forward"), &ours, &stock, tol)?;
+            let probe = randn(&mut r, &[n, m], dtype)?;
+            let g1 = (&ours * &probe)?.sum_all()?.backward()?;
+            let g2 = (&stock * &probe)?.sum_all()?.backward()?;
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                let (a, e) = (g1.get(v).expect("our grad"), g2.get(v).expect("stock grad"));
+                assert_close(&format!("{what}: grad {name}"), a, e, tol * 10.0)?;
+            }
+        }
+    }
+    // A shape mismatch is an error, not a panic.
+    let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?;
+    let w = Tensor::zeros((4, 5), DType::F32, &Device::Cpu)?;
+    let b = Tensor::zeros(4, DType::F32, &Device::Cpu)?;
+    assert!(super::linear_sigmoid(&x, &w, &b).is_err());
+    Ok(())
+}
