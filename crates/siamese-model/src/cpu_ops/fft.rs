@@ -105,26 +105,37 @@ pub(super) mod reuse {
     }
 }
 
-/// Whether the FFT path is expected to beat im2col + gemm on these sizes.
+/// Whether the FFT path is expected to beat im2col + gemm on these sizes, forward
+/// and backward together.
 ///
 /// A cost model in units of one gemm multiply-add, calibrated on the Koch shapes
 /// (AVX-512, 2 cores, 64 images): a 2-D transform of an `nh × nw` plane costs about
-/// `FFT_COST · nh·nw·log₂(nh·nw)`. Measured, fwd + bwd: conv2 (7×7, 48×48, 64→128)
-/// 0.62 s by FFT against 1.70 s directly; conv3 (4×4, 21×21) even; conv1 (10×10,
-/// 105×105, one input channel) 5× and conv4 (4×4, 9×9) 1.6× slower by FFT. With
-/// 40 the model picks the FFT for conv2 alone (it would for conv3 below ~35).
+/// `FFT_COST · nh·nw·log₂(nh·nw) + PLANE_COST` (reading, writing and transposing it
+/// included). Measured, forward + backward: conv2 (7×7 on 48×48, 64→128 channels)
+/// 0.62 s by FFT against 1.70 s directly (the model: 0.36 of the direct cost);
+/// conv3 (4×4 on 21×21) 0.20 s against 0.18 s; conv1 (10×10 on 105×105, one input
+/// channel) and conv4 (4×4 on 9×9) several times slower by FFT. The weights' part
+/// (DFT tables times kernels, independent of the batch) keeps small batches direct.
 pub(crate) fn pays(g: &ConvGeom) -> bool {
     const FFT_COST: f64 = 40.0;
+    const PLANE_COST: f64 = 1.7e5;
     if g.n == 0 || g.o == 0 || g.c == 0 {
         return false;
     }
     let (n, c, o) = (g.n as f64, g.c as f64, g.o as f64);
-    let direct = n * o * c * (g.kh * g.kw) as f64 * g.p() as f64;
+    let kk = (g.kh * g.kw) as f64;
+    // Forward, weight gradient and input gradient.
+    let direct = 3.0 * n * o * c * kk * g.p() as f64;
     let bins = (g.h * (g.w / 2 + 1)) as f64;
     let plane = (g.h * g.w) as f64;
-    let transforms = (n * c + n * o + o * c) * FFT_COST * plane * plane.log2().max(1.0);
-    let fft = 4.0 * n * c * o * bins + transforms;
-    fft < direct
+    let per_plane = FFT_COST * plane * plane.log2().max(1.0) + PLANE_COST;
+    // Inputs twice and input gradients; outputs and output gradients.
+    let transforms = (3.0 * n * c + 2.0 * n * o) * per_plane;
+    let products = 3.0 * 4.0 * n * c * o * bins;
+    // Weight spectra for the forward and input-gradient passes (half of each gemm
+    // multiplies zeros), and the weight gradient's inverse.
+    let weights = 2.0 * 4.0 * bins * c * o * kk + 4.0 * kk * bins * o * c;
+    transforms + products + weights < direct
 }
 
 /// Real 2-D transforms of `nh × nw` planes; spectra have `nh · (nw / 2 + 1)` bins,

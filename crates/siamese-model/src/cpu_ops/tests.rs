@@ -582,3 +582,20 @@ fn linear_sigmoid_matches_stock() -> Result<()> {
     assert!(super::linear_sigmoid(&x, &w, &b).is_err());
     Ok(())
 }
+
+/// The cost model picks the FFT for conv2 of the Koch network at training batch
+/// sizes, and im2col + gemm for the other layers and for small batches.
+#[test]
+fn fft_is_chosen_where_it_was_measured_to_pay() -> Result<()> {
+    let geom = |n, (c, h, o, k)| ConvGeom::new((n, c, h, h), (o, c, k, k));
+    let koch = [(1, 105, 64, 10), (64, 48, 128, 7), (128, 21, 128, 4), (128, 9, 256, 4)];
+    for n in [64, 256] {
+        let chosen: Vec<bool> = koch
+            .iter()
+            .map(|&l| Ok(super::fft::pays(&geom(n, l)?)))
+            .collect::<Result<_>>()?;
+        assert_eq!(chosen, [false, true, false, false], "{n} images");
+    }
+    assert!(!super::fft::pays(&geom(2, koch[1])?));
+    Ok(())
+}
