@@ -245,7 +245,7 @@ impl<T: Real> Fft2<T> {
             // The spectrum of a real row: these are zero up to rounding, and the
             // complex-to-real transform wants them exactly zero.
             s.row_c[0].im = T::ZERO;
-            if self.nw % 2 == 0 {
+            if self.nw.is_multiple_of(2) {
                 s.row_c[self.nwc - 1].im = T::ZERO;
             }
             self.c2r
@@ -435,7 +435,17 @@ fn weight_blocks<T: Real>(fft: &Fft2<T>, dft: &KernelDft<T>, g: &ConvGeom, w: &[
     let bottom = (tables(&dft.cos, &dft.neg_sin), spread(false));
     for (offset, (table, r)) in [(0, top), (half, bottom)] {
         let dims = (bins, half, 2 * kk);
-        matmul(dims, &mut m[offset..], dst, &table, lhs, &r, rhs, false, par);
+        matmul(
+            dims,
+            &mut m[offset..],
+            dst,
+            &table,
+            lhs,
+            &r,
+            rhs,
+            false,
+            par,
+        );
     }
     m
 }

@@ -588,7 +588,12 @@ fn linear_sigmoid_matches_stock() -> Result<()> {
 #[test]
 fn fft_is_chosen_where_it_was_measured_to_pay() -> Result<()> {
     let geom = |n, (c, h, o, k)| ConvGeom::new((n, c, h, h), (o, c, k, k));
-    let koch = [(1, 105, 64, 10), (64, 48, 128, 7), (128, 21, 128, 4), (128, 9, 256, 4)];
+    let koch = [
+        (1, 105, 64, 10),
+        (64, 48, 128, 7),
+        (128, 21, 128, 4),
+        (128, 9, 256, 4),
+    ];
     for n in [64, 256] {
         let chosen: Vec<bool> = koch
             .iter()
