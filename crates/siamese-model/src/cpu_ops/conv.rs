@@ -19,6 +19,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::fft::Spectra;
 use super::{CpuView, Real, Scratch, Strides, buffer, layout_slice, matmul};
 
 /// The sizes of one convolution.
@@ -292,6 +293,7 @@ pub(crate) fn conv_fwd<T: Real>(
 /// Forward pass with a fused 2×2 max-pool: `pool(relu(conv(x, w) + b))` as
 /// `(n, o, oh / 2, ow / 2)`, and the position of each window's maximum (first in
 /// row-major order) as `2 · row + column`, for the backward pass.
+#[cfg(test)]
 pub(crate) fn conv_fwd_pool<T: Real>(
     g: &ConvGeom,
     plan: Plan,
@@ -299,6 +301,21 @@ pub(crate) fn conv_fwd_pool<T: Real>(
     w: &[T],
     b: &[T],
 ) -> (Vec<T>, Vec<u8>) {
+    let (y, codes, kept) = conv_fwd_pool_keep(g, plan, x, w, b, false);
+    debug_assert!(kept.is_none());
+    (y, codes)
+}
+
+/// [`conv_fwd_pool`], also returning, if `keep` and the plan is the FFT, the
+/// spectra that [`conv_bwd_kept`] can reuse.
+pub(crate) fn conv_fwd_pool_keep<T: Real>(
+    g: &ConvGeom,
+    plan: Plan,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    keep: bool,
+) -> (Vec<T>, Vec<u8>, Option<Spectra<T>>) {
     assert_eq!(x.len(), g.n * g.x_img());
     assert_eq!(w.len(), g.o * g.k());
     assert_eq!(b.len(), g.o);
@@ -307,15 +324,15 @@ pub(crate) fn conv_fwd_pool<T: Real>(
     let mut y = vec![T::ZERO; g.n * pooled_img];
     let mut codes = vec![0u8; y.len()];
     if y.is_empty() {
-        return (y, codes);
+        return (y, codes, None);
     }
     if plan.fft {
-        let yf = super::fft::conv_fwd_preact(g, x, w, b);
+        let (yf, kept) = super::fft::conv_fwd_preact_keep(g, x, w, b, keep);
         y.par_chunks_mut(pooled_img)
             .zip(codes.par_chunks_mut(pooled_img))
             .zip(yf.par_chunks(g.y_img()))
             .for_each(|((y, codes), yf)| pool_relu(g, yf, y, codes));
-        return (y, codes);
+        return (y, codes, kept);
     }
     let par = gemm_parallelism(g.n.div_ceil(plan.imgs));
     y.par_chunks_mut(plan.imgs * pooled_img)
@@ -337,7 +354,7 @@ pub(crate) fn conv_fwd_pool<T: Real>(
                 s.full = full;
             });
         });
-    (y, codes)
+    (y, codes, None)
 }
 
 /// The ReLU'd 2×2 max-pool of pre-activation planes `yf` `(.., oh, ow)` into `y`
@@ -467,20 +484,18 @@ impl<T: Real> OutGrad<'_, T> {
             Self::Pooled { res, dy, codes } => {
                 let (ph, pw) = (g.oh / 2, g.ow / 2);
                 let plane = (n * g.o + o) * ph * pw;
-                for (r, d) in dst.chunks_exact_mut(g.ow).enumerate() {
-                    let r = r0 + r;
-                    d.fill(T::ZERO);
-                    if r / 2 >= ph {
-                        continue;
-                    }
-                    let row = plane + (r / 2) * pw;
+                let rows = dst.len() / g.ow;
+                dst.fill(T::ZERO);
+                // Each pooled cell whose window overlaps the rows sends its gradient
+                // to its argmax (window code: 2 · row parity + column parity).
+                for pr in r0 / 2..(r0 + rows).div_ceil(2).min(ph) {
+                    let row = plane + pr * pw;
                     let (res, dy, codes) =
                         (&res[row..][..pw], &dy[row..][..pw], &codes[row..][..pw]);
-                    // Window codes: 2 · (row parity) + column parity of the argmax.
-                    let half = (r % 2) as u8 * 2;
                     for (j, ((&v, &gd), &c)) in res.iter().zip(dy).zip(codes).enumerate() {
-                        if v > T::ZERO && c & 2 == half {
-                            d[2 * j + (c & 1) as usize] = gd;
+                        let r = 2 * pr + (c >> 1) as usize;
+                        if v > T::ZERO && r >= r0 && r < r0 + rows {
+                            dst[(r - r0) * g.ow + 2 * j + (c & 1) as usize] = gd;
                         }
                     }
                 }
@@ -507,6 +522,19 @@ pub(crate) fn conv_bwd<T: Real>(
     out: OutGrad<'_, T>,
     input_grad: bool,
 ) -> ConvGrads<T> {
+    conv_bwd_kept(g, plan, x, w, out, input_grad, None)
+}
+
+/// [`conv_bwd`], reusing the spectra that the forward pass kept (FFT plans).
+pub(crate) fn conv_bwd_kept<T: Real>(
+    g: &ConvGeom,
+    plan: Plan,
+    x: &[T],
+    w: &[T],
+    out: OutGrad<'_, T>,
+    input_grad: bool,
+    kept: Option<Spectra<T>>,
+) -> ConvGrads<T> {
     assert_eq!(x.len(), g.n * g.x_img());
     assert_eq!(w.len(), g.o * g.k());
     out.check(g);
@@ -517,7 +545,10 @@ pub(crate) fn conv_bwd<T: Real>(
         return ConvGrads { dx, dw, db };
     }
     if plan.fft {
-        return conv_bwd_fft(g, x, w, &out, input_grad);
+        return conv_bwd_fft(g, x, w, &out, input_grad, kept);
+    }
+    if let Some(kept) = kept {
+        kept.recycle();
     }
     // Groups of whole tasks, each with its own weight-gradient accumulator; a few
     // per thread so that rayon can balance them if a core is busy elsewhere.
@@ -570,6 +601,7 @@ fn conv_bwd_fft<T: Real>(
     w: &[T],
     out: &OutGrad<'_, T>,
     input_grad: bool,
+    kept: Option<Spectra<T>>,
 ) -> ConvGrads<T> {
     let p = g.p();
     let mut dz = super::fft::reuse::take(g.n * g.y_img(), T::ZERO);
@@ -591,7 +623,7 @@ fn conv_bwd_fft<T: Real>(
     for img in &per_image {
         db.iter_mut().zip(img).for_each(|(a, &b)| *a += b);
     }
-    let (dw, dx) = super::fft::conv_bwd(g, x, w, &dz, input_grad);
+    let (dw, dx) = super::fft::conv_bwd(g, x, w, &dz, input_grad, kept);
     super::fft::reuse::give(dz);
     ConvGrads { dx, dw, db }
 }
@@ -653,6 +685,35 @@ pub(crate) struct Conv2dBiasReluPool {
     pub input_grad: bool,
     /// The argmax codes of the forward pass (one forward per op instance).
     pub codes: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Whether a backward pass will follow (autograd tracks the op): then an FFT
+    /// forward keeps its spectra here for it.
+    pub keep: bool,
+    /// [`Spectra`] of the forward pass, as `Spectra<f32>` or `Spectra<f64>`.
+    pub kept: std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>,
+}
+
+impl Conv2dBiasReluPool {
+    pub fn new(input_grad: bool, keep: bool) -> Self {
+        Self {
+            input_grad,
+            codes: std::sync::Mutex::new(None),
+            keep,
+            kept: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn poisoned() -> candle_core::Error {
+        candle_core::Error::Msg("conv2d-bias-relu-pool: poisoned".into())
+    }
+
+    fn forward<T: Real>(&self, g: &ConvGeom, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
+        let plan = Plan::new::<T>(g);
+        let (y, codes, kept) = conv_fwd_pool_keep(g, plan, x, w, b, self.keep);
+        *self.codes.lock().map_err(|_| Self::poisoned())? = Some(codes);
+        *self.kept.lock().map_err(|_| Self::poisoned())? =
+            kept.map(|k| Box::new(k) as Box<dyn std::any::Any + Send>);
+        Ok(y)
+    }
 }
 
 impl Conv2dBiasReluPool {
@@ -662,18 +723,19 @@ impl Conv2dBiasReluPool {
         (x, w, b, res, dy): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grads = {
-            let codes = self
-                .codes
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("conv2d-bias-relu-pool: poisoned".into()))?;
+            let codes = self.codes.lock().map_err(|_| Self::poisoned())?;
             let Some(codes) = codes.as_deref() else {
                 candle_core::bail!("conv2d-bias-relu-pool: backward before forward")
             };
+            // Taken: a second backward pass recomputes them.
+            let kept = (self.kept.lock().map_err(|_| Self::poisoned())?.take())
+                .and_then(|k| k.downcast::<Spectra<T>>().ok())
+                .map(|k| *k);
             let (xv, wv) = (CpuView::new(x)?, CpuView::new(w)?);
             let (rv, dyv) = (CpuView::new(res)?, CpuView::new(dy)?);
             let (x, w, res, dy) = (xv.slice()?, wv.slice()?, rv.slice()?, dyv.slice()?);
             let out = OutGrad::Pooled { res, dy, codes };
-            conv_bwd::<T>(g, Plan::new::<T>(g), x, w, out, self.input_grad)
+            conv_bwd_kept::<T>(g, Plan::new::<T>(g), x, w, out, self.input_grad, kept)
         };
         let dev = x.device();
         let dx = grads.dx.map(|v| Tensor::from_vec(v, x.shape(), dev));
@@ -698,15 +760,14 @@ impl CustomOp3 for Conv2dBiasReluPool {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = ConvGeom::new(l1.shape().dims4()?, l2.shape().dims4()?)?;
-        let (y, codes) = match s1 {
+        let y = match s1 {
             CpuStorage::F32(_) => {
                 let (x, w, b) = (
                     layout_slice(s1, l1)?,
                     layout_slice(s2, l2)?,
                     layout_slice(s3, l3)?,
                 );
-                let (y, c) = conv_fwd_pool::<f32>(&g, Plan::new::<f32>(&g), x, w, b);
-                (CpuStorage::F32(y), c)
+                CpuStorage::F32(self.forward::<f32>(&g, x, w, b)?)
             }
             CpuStorage::F64(_) => {
                 let (x, w, b) = (
@@ -714,16 +775,10 @@ impl CustomOp3 for Conv2dBiasReluPool {
                     layout_slice(s2, l2)?,
                     layout_slice(s3, l3)?,
                 );
-                let (y, c) = conv_fwd_pool::<f64>(&g, Plan::new::<f64>(&g), x, w, b);
-                (CpuStorage::F64(y), c)
+                CpuStorage::F64(self.forward::<f64>(&g, x, w, b)?)
             }
             _ => candle_core::bail!("conv2d-bias-relu-pool: unsupported dtype {:?}", s1.dtype()),
         };
-        *self
-            .codes
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("conv2d-bias-relu-pool: poisoned".into()))? =
-            Some(codes);
         Ok((y, Shape::from((g.n, g.o, g.oh / 2, g.ow / 2))))
     }
 

@@ -484,8 +484,35 @@ fn per_bin<T: Real>(
         });
 }
 
+/// What the forward pass computed that the backward pass needs again: the inputs'
+/// bin-major spectra and the weights' block matrices.
+pub(crate) struct Spectra<T> {
+    xb: Vec<T>,
+    m: Vec<T>,
+}
+
+impl<T: Copy + 'static> Spectra<T> {
+    /// Hands the buffers back for reuse.
+    pub(crate) fn recycle(self) {
+        reuse::give(self.xb);
+        reuse::give(self.m);
+    }
+}
+
 /// Forward pass without activation: `conv(x, w) + b` as `(n, o, oh, ow)`.
 pub(crate) fn conv_fwd_preact<T: Real>(g: &ConvGeom, x: &[T], w: &[T], b: &[T]) -> Vec<T> {
+    conv_fwd_preact_keep(g, x, w, b, false).0
+}
+
+/// [`conv_fwd_preact`], also returning the [`Spectra`] for the backward pass if
+/// `keep`.
+pub(crate) fn conv_fwd_preact_keep<T: Real>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    b: &[T],
+    keep: bool,
+) -> (Vec<T>, Option<Spectra<T>>) {
     let fft = Fft2::<T>::new(g.h, g.w);
     let dft = KernelDft::new(&fft, (g.kh, g.kw));
     let bins = fft.bins();
@@ -503,25 +530,32 @@ pub(crate) fn conv_fwd_preact<T: Real>(g: &ConvGeom, x: &[T], w: &[T], b: &[T]) 
         (&xb, padded(n * 2 * c), Strides::row_major(2 * c)),
         (&m, padded(4 * c * o), Strides::row_major(2 * o)),
     );
-    reuse::give(xb);
-    reuse::give(m);
+    let spectra = Spectra { xb, m };
+    let kept = if keep {
+        Some(spectra)
+    } else {
+        spectra.recycle();
+        None
+    };
     let mut zs = plane_major(&zb, bins, n, o);
     reuse::give(zb);
     let mut y = vec![T::ZERO; n * g.y_img()];
     fft.inverses(&mut zs, (g.oh, g.ow), |p| b[p % o], &mut y);
     reuse::give(zs);
-    y
+    (y, kept)
 }
 
 /// Backward pass, given the gradient `dz` `(n, o, oh, ow)` of the convolution's
 /// output (before bias and activation): the weight gradient `(o, c, kh, kw)` and,
-/// with `input_grad`, the input gradient `(n, c, h, w)`.
+/// with `input_grad`, the input gradient `(n, c, h, w)`. `kept`: the forward pass's
+/// [`Spectra`] of the same `x` and `w`, if it kept them.
 pub(crate) fn conv_bwd<T: Real>(
     g: &ConvGeom,
     x: &[T],
     w: &[T],
     dz: &[T],
     input_grad: bool,
+    kept: Option<Spectra<T>>,
 ) -> (Vec<T>, Option<Vec<T>>) {
     let fft = Fft2::<T>::new(g.h, g.w);
     let dft = KernelDft::new(&fft, (g.kh, g.kw));
@@ -532,9 +566,15 @@ pub(crate) fn conv_bwd<T: Real>(
     reuse::give(ds);
 
     // P = [Dr Di]ᵀ · [Xr Xi] per bin; dW = (P₁₁ + P₂₂) + i·(P₁₂ − P₂₁).
-    let xs = fft.spectra(x, (g.h, g.w));
-    let xb = bin_major(&xs, bins, n, c);
-    reuse::give(xs);
+    let (xb, kept_m) = match kept {
+        Some(Spectra { xb, m }) => (xb, Some(m)),
+        None => {
+            let xs = fft.spectra(x, (g.h, g.w));
+            let xb = bin_major(&xs, bins, n, c);
+            reuse::give(xs);
+            (xb, None)
+        }
+    };
     let (plen, prow) = (padded(4 * o * c), 2 * c);
     let mut pb = reuse::take(bins * plen, T::ZERO);
     per_bin(
@@ -575,7 +615,7 @@ pub(crate) fn conv_bwd<T: Real>(
 
     let dx = input_grad.then(|| {
         // dX = [Dr Di] · Mᵀ per bin.
-        let m = weight_blocks(&fft, &dft, g, w);
+        let m = kept_m.unwrap_or_else(|| weight_blocks(&fft, &dft, g, w));
         let mut dxb = reuse::take(bins * padded(n * 2 * c), T::ZERO);
         per_bin(
             bins,

@@ -113,11 +113,9 @@ pub fn conv2d_bias_relu_pool2x2(
         let w = w.contiguous()?;
         let b = b.contiguous()?;
         let input_grad = input_grad && x.track_op();
-        let op = conv::Conv2dBiasReluPool {
-            input_grad,
-            codes: std::sync::Mutex::new(None),
-        };
-        x.apply_op3(&w, &b, op)
+        // Autograd keeps the op (and whatever it holds) only when something tracks.
+        let keep = input_grad || w.track_op() || b.track_op();
+        x.apply_op3(&w, &b, conv::Conv2dBiasReluPool::new(input_grad, keep))
     } else {
         max_pool2x2(&conv2d_bias_relu(x, w, b, true, input_grad)?)
     }

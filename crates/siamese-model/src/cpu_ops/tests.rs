@@ -604,3 +604,45 @@ fn fft_is_chosen_where_it_was_measured_to_pay() -> Result<()> {
     assert!(!super::fft::pays(&geom(2, koch[1])?));
     Ok(())
 }
+
+/// The FFT forward pass can keep its spectra for the backward pass: the gradients
+/// are the same bits as when the backward pass recomputes them.
+#[test]
+fn fft_backward_with_kept_spectra_is_identical() -> Result<()> {
+    use super::conv::{conv_bwd_kept, conv_fwd_pool_keep};
+    let mut r = rng(11);
+    let g = ConvGeom::new((3, 4, 12, 12), (5, 4, 3, 3))?;
+    let plan = Plan {
+        fft: true,
+        ..Plan::new::<f32>(&g)
+    };
+    let v = |shape: &[usize], r: &mut ChaCha8Rng| -> Result<Vec<f32>> {
+        randn(r, shape, DType::F32)?.flatten_all()?.to_vec1()
+    };
+    let (x, w, b) = (
+        v(&[3, 4, 12, 12], &mut r)?,
+        v(&[5, 4, 3, 3], &mut r)?,
+        v(&[5], &mut r)?,
+    );
+    let dy = v(&[3, 5, 5, 5], &mut r)?;
+    let (y1, c1, kept) = conv_fwd_pool_keep(&g, plan, &x, &w, &b, true);
+    assert!(kept.is_some(), "an FFT forward pass asked to keep keeps");
+    let (y2, c2) = conv_fwd_pool(&g, plan, &x, &w, &b);
+    assert_eq!((&y1, &c1), (&y2, &c2));
+    let with = OutGrad::Pooled {
+        res: &y1,
+        dy: &dy,
+        codes: &c1,
+    };
+    let with = conv_bwd_kept(&g, plan, &x, &w, with, true, kept);
+    let without = OutGrad::Pooled {
+        res: &y2,
+        dy: &dy,
+        codes: &c2,
+    };
+    let without = conv_bwd(&g, plan, &x, &w, without, true);
+    assert_eq!(with.dw, without.dw);
+    assert_eq!(with.db, without.db);
+    assert_eq!(with.dx, without.dx);
+    Ok(())
+}
