@@ -45,6 +45,10 @@ pub enum ModelError {
     #[error("unknown architecture {0:?}: expected koch or koch35")]
     UnknownArch(String),
 
+    /// An initialisation scheme that is neither `paper` nor `lecun`.
+    #[error("unknown initialisation {0:?}: expected paper or lecun")]
+    UnknownInit(String),
+
     /// A configuration whose input is too small for its layers (a feature map would
     /// shrink to nothing).
     #[error("input size {input_size} is too small for the {arch} architecture")]

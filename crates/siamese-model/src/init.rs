@@ -11,6 +11,13 @@
 //! weights of both fully connected layers (the tower's 4096-unit layer and the
 //! one-unit head) N(0, 0.2²), all given as standard deviations.
 //!
+//! That width saturates the 4096-unit sigmoid layer: with 9216 non-negative inputs
+//! of typical size ~0.3, its pre-activations start with a standard deviation near
+//! 0.2·√9216·0.3 ≈ 6, most units sit at 0 or 1 where the gradient vanishes, and
+//! training barely moves (a balanced pair loss stuck near ln 2). [`InitScheme::Lecun`]
+//! keeps everything else and draws the fully connected weights from N(0, 1/fan_in)
+//! instead (LeCun's scaling), which starts the sigmoid in its linear range.
+//!
 //! The numbers are drawn on the CPU with ChaCha8 ([`rand_chacha`]) and
 //! [`rand_distr::Normal`], not with a device's random number generator, so that a
 //! seed gives the same network on every device, platform and thread count. Each
@@ -18,12 +25,16 @@
 //! own generator, keyed by the seed, the parameter's index and the block's index,
 //! which lets the blocks be drawn in parallel without changing the result.
 
+use std::fmt;
+use std::str::FromStr;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::config::{ModelConfig, ParamKind, ParamSpec};
@@ -39,7 +50,46 @@ pub const BIAS_STD: f32 = 1e-2;
 /// Values drawn from one generator before the next block starts a new one.
 pub const INIT_BLOCK: usize = 1 << 16;
 
-/// Mean and standard deviation of a parameter of this kind.
+/// How a fresh network's parameters are drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitScheme {
+    /// Koch et al.'s distributions, exactly.
+    #[default]
+    Paper,
+    /// The paper's, except fully connected weights N(0, 1/fan_in).
+    Lecun,
+}
+
+impl InitScheme {
+    pub const ALL: [InitScheme; 2] = [InitScheme::Paper, InitScheme::Lecun];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            InitScheme::Paper => "paper",
+            InitScheme::Lecun => "lecun",
+        }
+    }
+}
+
+impl fmt::Display for InitScheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for InitScheme {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InitScheme::ALL
+            .into_iter()
+            .find(|i| i.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| ModelError::UnknownInit(s.to_string()))
+    }
+}
+
+/// Mean and standard deviation of a parameter of this kind under the paper's scheme.
 pub fn init_distribution(kind: ParamKind) -> (f32, f32) {
     match kind {
         ParamKind::ConvWeight => (0.0, CONV_WEIGHT_STD),
@@ -48,15 +98,37 @@ pub fn init_distribution(kind: ParamKind) -> (f32, f32) {
     }
 }
 
-/// A new `VarMap` holding every parameter of `config`, f32 on `device`, drawn as
-/// described in the [module documentation](self).
+/// Mean and standard deviation of the parameter `spec` under `scheme`.
+pub fn spec_distribution(spec: &ParamSpec, scheme: InitScheme) -> (f32, f32) {
+    match (scheme, spec.kind) {
+        (InitScheme::Lecun, ParamKind::FcWeight) => {
+            // (out, in): the fan-in is the second dimension.
+            let fan_in = spec.shape.get(1).copied().unwrap_or(1).max(1);
+            (0.0, (1.0 / fan_in as f64).sqrt() as f32)
+        }
+        (_, kind) => init_distribution(kind),
+    }
+}
+
+/// A new `VarMap` holding every parameter of `config`, f32 on `device`, drawn with
+/// the paper's scheme as described in the [module documentation](self).
 pub fn init_varmap(config: &ModelConfig, seed: u64, device: &Device) -> Result<VarMap, ModelError> {
+    init_varmap_with(config, InitScheme::Paper, seed, device)
+}
+
+/// [`init_varmap`] with another [`InitScheme`].
+pub fn init_varmap_with(
+    config: &ModelConfig,
+    scheme: InitScheme,
+    seed: u64,
+    device: &Device,
+) -> Result<VarMap, ModelError> {
     let varmap = VarMap::new();
     let specs = config.param_specs()?;
     {
         let mut data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
         for (index, spec) in specs.iter().enumerate() {
-            let values = draw(spec, seed, index as u64);
+            let values = draw(spec, scheme, seed, index as u64);
             let tensor = Tensor::from_vec(values, spec.shape.as_slice(), &Device::Cpu)?
                 .to_device(device)?
                 .to_dtype(DType::F32)?;
@@ -64,15 +136,15 @@ pub fn init_varmap(config: &ModelConfig, seed: u64, device: &Device) -> Result<V
         }
     }
     tracing::debug!(
-        "initialised {} ({} parameters) with seed {seed}",
+        "initialised {} ({} parameters) with seed {seed}, {scheme} scheme",
         config,
         config.num_params()?
     );
     Ok(varmap)
 }
 
-fn draw(spec: &ParamSpec, seed: u64, param_index: u64) -> Vec<f32> {
-    let (mean, std) = init_distribution(spec.kind);
+fn draw(spec: &ParamSpec, scheme: InitScheme, seed: u64, param_index: u64) -> Vec<f32> {
+    let (mean, std) = spec_distribution(spec, scheme);
     let normal = Normal::new(mean, std).expect("finite, positive standard deviation");
     let mut values = vec![0f32; spec.numel()];
     values

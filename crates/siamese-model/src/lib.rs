@@ -38,6 +38,7 @@ pub use checkpoint::{CHECKPOINT_FORMAT, CheckpointInfo, read_checkpoint_info};
 pub use config::{Arch, ConvSpec, EMBED_DIM, ModelConfig, ParamKind, ParamSpec};
 pub use device::{device_kind, select_device};
 pub use error::ModelError;
+pub use init::InitScheme;
 pub use loss::bce_with_logits;
 pub use net::{ConvLayer, SiameseNet, Tower};
 

@@ -103,7 +103,17 @@ impl SiameseNet {
         seed: u64,
         device: &Device,
     ) -> Result<(Self, VarMap), ModelError> {
-        let varmap = init::init_varmap(&config, seed, device)?;
+        Self::init_with(config, init::InitScheme::Paper, seed, device)
+    }
+
+    /// [`SiameseNet::init`] with another [`InitScheme`](init::InitScheme).
+    pub fn init_with(
+        config: ModelConfig,
+        scheme: init::InitScheme,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, VarMap), ModelError> {
+        let varmap = init::init_varmap_with(&config, scheme, seed, device)?;
         let net = SiameseNet::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
         Ok((net, varmap))
     }

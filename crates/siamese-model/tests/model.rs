@@ -328,3 +328,65 @@ fn device_selection() {
     #[cfg(not(any(feature = "cuda", feature = "metal")))]
     assert!(select_device("auto").unwrap().is_cpu());
 }
+
+/// The LeCun scheme changes the fully connected weights alone, to N(0, 1/fan_in),
+/// and starts the 4096-unit sigmoid layer out of saturation, where the paper's
+/// scheme saturates most of it.
+#[test]
+fn lecun_init_scales_the_fully_connected_weights_and_avoids_saturation() {
+    use siamese_model::InitScheme;
+    let config = ModelConfig::new(Arch::Koch);
+    let (paper, paper_vars) = SiameseNet::init(config, 9, &Device::Cpu).unwrap();
+    let (lecun, lecun_vars) =
+        SiameseNet::init_with(config, InitScheme::Lecun, 9, &Device::Cpu).unwrap();
+    let get = |vars: &siamese_model::candle_nn::VarMap, name: &str| {
+        vars.data().lock().unwrap()[name]
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    for name in [
+        "tower.conv1.weight",
+        "tower.conv1.bias",
+        "tower.fc.bias",
+        "head.bias",
+    ] {
+        assert_eq!(get(&paper_vars, name), get(&lecun_vars, name), "{name}");
+    }
+    let std = |v: &[f32]| {
+        let sq = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>();
+        (sq / v.len() as f64).sqrt() as f32
+    };
+    let fc = get(&lecun_vars, "tower.fc.weight");
+    let fan_in = fc.len() / 4096;
+    let expected = (1.0 / fan_in as f32).sqrt();
+    assert!(
+        (std(&fc) / expected - 1.0).abs() < 0.02,
+        "{} vs {expected}",
+        std(&fc)
+    );
+    assert!((std(&get(&paper_vars, "tower.fc.weight")) / 0.2 - 1.0).abs() < 0.02);
+
+    // Inputs like Omniglot: mostly background, some ink.
+    let images: Vec<f32> = (0..4 * 105 * 105)
+        .map(|i| ((i * 7919) % 13 == 0) as u8 as f32)
+        .collect();
+    let images = Tensor::from_vec(images, (4, 1, 105, 105), &Device::Cpu).unwrap();
+    let saturated = |net: &SiameseNet| {
+        let f = net
+            .embed(&images)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        f.iter().filter(|&&v| !(0.01..=0.99).contains(&v)).count() as f64 / f.len() as f64
+    };
+    let (p, l) = (saturated(&paper), saturated(&lecun));
+    assert!(p > 0.5, "paper init: {p:.2} of the units saturated");
+    assert!(l < 0.05, "lecun init: {l:.2} of the units saturated");
+    assert_eq!("LeCun".parse::<InitScheme>().unwrap(), InitScheme::Lecun);
+    assert!("xavier".parse::<InitScheme>().is_err());
+}

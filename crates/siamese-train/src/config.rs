@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use siamese_data::SplitName;
 use siamese_data::augment::KochDistortion;
 use siamese_data::sample::NegativeFrom;
-use siamese_model::{Arch, ModelConfig};
+use siamese_model::{Arch, InitScheme, ModelConfig};
 
 use crate::TrainError;
 use crate::schedule::{AdamSettings, OptimizerKind, SgdSchedule};
@@ -174,6 +174,11 @@ pub struct TrainingConfig {
     pub log_every: u64,
     /// Images per embedding batch of the validation.
     pub eval_batch: usize,
+    /// How the network's parameters are drawn before the first step: `paper`
+    /// (Koch et al.'s, whose fully connected weights saturate the sigmoid layer) or
+    /// `lecun` (those weights N(0, 1/fan_in)). Configurations without it: `paper`.
+    #[serde(default)]
+    pub init: InitScheme,
     /// Seed of the initialisation, the samplers and the distortions.
     pub seed: u64,
     /// CPU threads (`null`: all cores).
@@ -243,6 +248,7 @@ impl TrainConfig {
                 checkpoint_every: None,
                 log_every: 1,
                 eval_batch: 64,
+                init: InitScheme::Paper,
                 seed: 0,
                 threads: None,
                 device: "auto".into(),
@@ -544,6 +550,12 @@ mod tests {
         assert_eq!(default.train.objective, Objective::AllPairs);
         assert_eq!(default.train.optimizer, OptimizerKind::Adam);
         assert!(default.data.distort);
+        assert_eq!(paper.train.init, InitScheme::Paper);
+        // A configuration saved before `init` existed reads as the paper's scheme.
+        let mut old: serde_json::Value = serde_json::from_str(&default.to_json()).unwrap();
+        old["train"].as_object_mut().unwrap().remove("init");
+        let old: TrainConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(old.train.init, InitScheme::Paper);
     }
 
     #[test]
