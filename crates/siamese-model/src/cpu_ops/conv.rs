@@ -15,12 +15,14 @@
 //! disjoint; weight gradients accumulate per group of images and are summed at the
 //! end.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fft::Spectra;
-use super::{CpuView, Real, Scratch, Strides, buffer, layout_slice, matmul};
+use super::{
+    Kernel3, Op3Grads, Op3Slices, Op3Tensors, Real, Scratch, Strides, buffer, bwd3, cpu_fwd3,
+    matmul,
+};
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -705,49 +707,50 @@ impl Conv2dBiasReluPool {
     fn poisoned() -> candle_core::Error {
         candle_core::Error::Msg("conv2d-bias-relu-pool: poisoned".into())
     }
+}
 
-    fn forward<T: Real>(&self, g: &ConvGeom, x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
-        let plan = Plan::new::<T>(g);
-        let (y, codes, kept) = conv_fwd_pool_keep(g, plan, x, w, b, self.keep);
+impl Kernel3 for Conv2dBiasReluPool {
+    const NAME: &'static str = "conv2d-bias-relu-pool2x2";
+
+    fn out_shape(&self, x: &Shape, w: &Shape, _: &Shape) -> Result<Shape> {
+        let g = ConvGeom::new(x.dims4()?, w.dims4()?)?;
+        Ok(Shape::from((g.n, g.o, g.oh / 2, g.ow / 2)))
+    }
+
+    fn forward<T: Real>(&self, shapes: [&Shape; 3], x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
+        let g = ConvGeom::new(shapes[0].dims4()?, shapes[1].dims4()?)?;
+        let plan = Plan::new::<T>(&g);
+        let (y, codes, kept) = conv_fwd_pool_keep(&g, plan, x, w, b, self.keep);
         *self.codes.lock().map_err(|_| Self::poisoned())? = Some(codes);
         *self.kept.lock().map_err(|_| Self::poisoned())? =
             kept.map(|k| Box::new(k) as Box<dyn std::any::Any + Send>);
         Ok(y)
     }
-}
 
-impl Conv2dBiasReluPool {
-    fn bwd_typed<T: Real>(
-        &self,
-        g: &ConvGeom,
-        (x, w, b, res, dy): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grads = {
-            let codes = self.codes.lock().map_err(|_| Self::poisoned())?;
-            let Some(codes) = codes.as_deref() else {
-                candle_core::bail!("conv2d-bias-relu-pool: backward before forward")
-            };
-            // Taken: a second backward pass recomputes them.
-            let kept = (self.kept.lock().map_err(|_| Self::poisoned())?.take())
-                .and_then(|k| k.downcast::<Spectra<T>>().ok())
-                .map(|k| *k);
-            let (xv, wv) = (CpuView::new(x)?, CpuView::new(w)?);
-            let (rv, dyv) = (CpuView::new(res)?, CpuView::new(dy)?);
-            let (x, w, res, dy) = (xv.slice()?, wv.slice()?, rv.slice()?, dyv.slice()?);
-            let out = OutGrad::Pooled { res, dy, codes };
-            conv_bwd_kept::<T>(g, Plan::new::<T>(g), x, w, out, self.input_grad, kept)
+    fn backward<T: Real>(&self, t: Op3Tensors<'_>, v: Op3Slices<'_, T>) -> Result<Op3Grads<T>> {
+        let g = ConvGeom::new(t.x.dims4()?, t.w.dims4()?)?;
+        let codes = self.codes.lock().map_err(|_| Self::poisoned())?;
+        let Some(codes) = codes.as_deref() else {
+            candle_core::bail!("conv2d-bias-relu-pool: backward before forward")
         };
-        let dev = x.device();
-        let dx = grads.dx.map(|v| Tensor::from_vec(v, x.shape(), dev));
-        let dw = Tensor::from_vec(grads.dw, w.shape(), dev)?;
-        let db = Tensor::from_vec(grads.db, b.shape(), dev)?;
-        Ok((dx.transpose()?, Some(dw), Some(db)))
+        // Taken: a second backward pass recomputes them.
+        let kept = (self.kept.lock().map_err(|_| Self::poisoned())?.take())
+            .and_then(|k| k.downcast::<Spectra<T>>().ok())
+            .map(|k| *k);
+        let out = OutGrad::Pooled {
+            res: v.res,
+            dy: v.dy,
+            codes,
+        };
+        let plan = Plan::new::<T>(&g);
+        let grads = conv_bwd_kept::<T>(&g, plan, v.x, v.w, out, self.input_grad, kept);
+        Ok((grads.dx, grads.dw, grads.db))
     }
 }
 
 impl CustomOp3 for Conv2dBiasReluPool {
     fn name(&self) -> &'static str {
-        "conv2d-bias-relu-pool2x2"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -759,27 +762,7 @@ impl CustomOp3 for Conv2dBiasReluPool {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = ConvGeom::new(l1.shape().dims4()?, l2.shape().dims4()?)?;
-        let y = match s1 {
-            CpuStorage::F32(_) => {
-                let (x, w, b) = (
-                    layout_slice(s1, l1)?,
-                    layout_slice(s2, l2)?,
-                    layout_slice(s3, l3)?,
-                );
-                CpuStorage::F32(self.forward::<f32>(&g, x, w, b)?)
-            }
-            CpuStorage::F64(_) => {
-                let (x, w, b) = (
-                    layout_slice(s1, l1)?,
-                    layout_slice(s2, l2)?,
-                    layout_slice(s3, l3)?,
-                );
-                CpuStorage::F64(self.forward::<f64>(&g, x, w, b)?)
-            }
-            _ => candle_core::bail!("conv2d-bias-relu-pool: unsupported dtype {:?}", s1.dtype()),
-        };
-        Ok((y, Shape::from((g.n, g.o, g.oh / 2, g.ow / 2))))
+        cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))
     }
 
     fn bwd(
@@ -790,14 +773,7 @@ impl CustomOp3 for Conv2dBiasReluPool {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = ConvGeom::new(x.dims4()?, w.dims4()?)?;
-        let (res, grad) = (res.contiguous()?, grad_res.contiguous()?);
-        let args = (x, w, b, &res, &grad);
-        match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(&g, args),
-            DType::F64 => self.bwd_typed::<f64>(&g, args),
-            dt => candle_core::bail!("conv2d-bias-relu-pool: unsupported dtype {dt:?}"),
-        }
+        bwd3(self, Op3Tensors { x, w, b }, res, grad_res)
     }
 }
 
@@ -809,48 +785,33 @@ pub(crate) struct Conv2dBiasRelu {
     pub input_grad: bool,
 }
 
-impl Conv2dBiasRelu {
-    fn fwd<T: Real>(
-        &self,
-        g: &ConvGeom,
-        (s1, l1): (&CpuStorage, &Layout),
-        (s2, l2): (&CpuStorage, &Layout),
-        (s3, l3): (&CpuStorage, &Layout),
-    ) -> Result<Vec<T>> {
-        let x = layout_slice::<T>(s1, l1)?;
-        let w = layout_slice::<T>(s2, l2)?;
-        let b = layout_slice::<T>(s3, l3)?;
-        Ok(conv_fwd(g, Plan::new::<T>(g), x, w, b, self.relu))
+impl Kernel3 for Conv2dBiasRelu {
+    const NAME: &'static str = "conv2d-bias-relu";
+
+    fn out_shape(&self, x: &Shape, w: &Shape, _: &Shape) -> Result<Shape> {
+        Ok(ConvGeom::new(x.dims4()?, w.dims4()?)?.y_shape())
     }
 
-    fn bwd_typed<T: Real>(
-        &self,
-        g: &ConvGeom,
-        (x, w, b, y, dy): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grads = {
-            let (xv, wv) = (CpuView::new(x)?, CpuView::new(w)?);
-            let (yv, dyv) = (CpuView::new(y)?, CpuView::new(dy)?);
-            let (x, w, y, dy) = (xv.slice()?, wv.slice()?, yv.slice()?, dyv.slice()?);
-            let plan = Plan::new::<T>(g);
-            let out = OutGrad::Dense {
-                y,
-                dy,
-                relu: self.relu,
-            };
-            conv_bwd::<T>(g, plan, x, w, out, self.input_grad)
+    fn forward<T: Real>(&self, shapes: [&Shape; 3], x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
+        let g = ConvGeom::new(shapes[0].dims4()?, shapes[1].dims4()?)?;
+        Ok(conv_fwd(&g, Plan::new::<T>(&g), x, w, b, self.relu))
+    }
+
+    fn backward<T: Real>(&self, t: Op3Tensors<'_>, v: Op3Slices<'_, T>) -> Result<Op3Grads<T>> {
+        let g = ConvGeom::new(t.x.dims4()?, t.w.dims4()?)?;
+        let out = OutGrad::Dense {
+            y: v.res,
+            dy: v.dy,
+            relu: self.relu,
         };
-        let dev = x.device();
-        let dx = grads.dx.map(|v| Tensor::from_vec(v, x.shape(), dev));
-        let dw = Tensor::from_vec(grads.dw, w.shape(), dev)?;
-        let db = Tensor::from_vec(grads.db, b.shape(), dev)?;
-        Ok((dx.transpose()?, Some(dw), Some(db)))
+        let grads = conv_bwd::<T>(&g, Plan::new::<T>(&g), v.x, v.w, out, self.input_grad);
+        Ok((grads.dx, grads.dw, grads.db))
     }
 }
 
 impl CustomOp3 for Conv2dBiasRelu {
     fn name(&self) -> &'static str {
-        "conv2d-bias-relu"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -862,14 +823,7 @@ impl CustomOp3 for Conv2dBiasRelu {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = ConvGeom::new(l1.shape().dims4()?, l2.shape().dims4()?)?;
-        let args = ((s1, l1), (s2, l2), (s3, l3));
-        let y = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(self.fwd(&g, args.0, args.1, args.2)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.fwd(&g, args.0, args.1, args.2)?),
-            _ => candle_core::bail!("conv2d-bias-relu: unsupported dtype {:?}", s1.dtype()),
-        };
-        Ok((y, g.y_shape()))
+        cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))
     }
 
     fn bwd(
@@ -880,13 +834,6 @@ impl CustomOp3 for Conv2dBiasRelu {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = ConvGeom::new(x.dims4()?, w.dims4()?)?;
-        let (res, grad) = (res.contiguous()?, grad_res.contiguous()?);
-        let args = (x, w, b, &res, &grad);
-        match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(&g, args),
-            DType::F64 => self.bwd_typed::<f64>(&g, args),
-            dt => candle_core::bail!("conv2d-bias-relu: unsupported dtype {dt:?}"),
-        }
+        bwd3(self, Op3Tensors { x, w, b }, res, grad_res)
     }
 }

@@ -7,11 +7,10 @@
 //! 9216 → 4096 layer on every step. Here the weight gradient comes out of one gemm
 //! in `w`'s own layout, and the sigmoid's derivative is applied in place.
 
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{CpuView, Real, Strides, layout_slice, matmul};
+use super::{Kernel3, Op3Grads, Op3Slices, Op3Tensors, Real, Strides, bwd3, cpu_fwd3, matmul};
 
 fn threads() -> gemm::Parallelism {
     gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -87,30 +86,28 @@ fn dims(x: &Shape, w: &Shape) -> Result<(usize, usize, usize)> {
     Ok((n, k, m))
 }
 
-impl LinearSigmoid {
-    fn bwd_typed<T: Real>(
-        &self,
-        nkm: (usize, usize, usize),
-        (x, w, b, y, dy): (&Tensor, &Tensor, &Tensor, &Tensor, &Tensor),
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = {
-            let (xv, wv) = (CpuView::new(x)?, CpuView::new(w)?);
-            let (yv, dyv) = (CpuView::new(y)?, CpuView::new(dy)?);
-            let (xs, ws) = (xv.slice::<T>()?, wv.slice::<T>()?);
-            linear_sigmoid_bwd(nkm, xs, ws, yv.slice()?, dyv.slice()?)
-        };
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
+impl Kernel3 for LinearSigmoid {
+    const NAME: &'static str = "linear-sigmoid";
+
+    fn out_shape(&self, x: &Shape, w: &Shape, _: &Shape) -> Result<Shape> {
+        let (n, _, m) = dims(x, w)?;
+        Ok(Shape::from((n, m)))
+    }
+
+    fn forward<T: Real>(&self, shapes: [&Shape; 3], x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>> {
+        Ok(linear_sigmoid_fwd(dims(shapes[0], shapes[1])?, x, w, b))
+    }
+
+    fn backward<T: Real>(&self, t: Op3Tensors<'_>, v: Op3Slices<'_, T>) -> Result<Op3Grads<T>> {
+        let nkm = dims(t.x.shape(), t.w.shape())?;
+        let (dx, dw, db) = linear_sigmoid_bwd(nkm, v.x, v.w, v.res, v.dy);
+        Ok((Some(dx), dw, db))
     }
 }
 
 impl CustomOp3 for LinearSigmoid {
     fn name(&self) -> &'static str {
-        "linear-sigmoid"
+        Self::NAME
     }
 
     fn cpu_fwd(
@@ -122,27 +119,7 @@ impl CustomOp3 for LinearSigmoid {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, k, m) = dims(l1.shape(), l2.shape())?;
-        let y = match s1 {
-            CpuStorage::F32(_) => {
-                let (x, w, b) = (
-                    layout_slice(s1, l1)?,
-                    layout_slice(s2, l2)?,
-                    layout_slice(s3, l3)?,
-                );
-                CpuStorage::F32(linear_sigmoid_fwd::<f32>((n, k, m), x, w, b))
-            }
-            CpuStorage::F64(_) => {
-                let (x, w, b) = (
-                    layout_slice(s1, l1)?,
-                    layout_slice(s2, l2)?,
-                    layout_slice(s3, l3)?,
-                );
-                CpuStorage::F64(linear_sigmoid_fwd::<f64>((n, k, m), x, w, b))
-            }
-            s => candle_core::bail!("linear-sigmoid: unsupported dtype {:?}", s.dtype()),
-        };
-        Ok((y, Shape::from((n, m))))
+        cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))
     }
 
     fn bwd(
@@ -153,13 +130,6 @@ impl CustomOp3 for LinearSigmoid {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let nkm = dims(x.shape(), w.shape())?;
-        let (res, grad) = (res.contiguous()?, grad_res.contiguous()?);
-        let args = (x, w, b, &res, &grad);
-        match x.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(nkm, args),
-            DType::F64 => self.bwd_typed::<f64>(nkm, args),
-            dt => candle_core::bail!("linear-sigmoid: unsupported dtype {dt:?}"),
-        }
+        bwd3(self, Op3Tensors { x, w, b }, res, grad_res)
     }
 }

@@ -49,7 +49,10 @@ mod tests;
 
 use std::cell::RefCell;
 
-use candle_core::{DType, Device, Layout, Result, Storage, StorageRef, Tensor, WithDType};
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, DType, Device, Layout, Result, Shape, Storage, StorageRef, Tensor, WithDType,
+};
 
 /// `relu?(conv2d(x, w) + b)` with stride 1, no padding, dilation 1 and groups 1.
 ///
@@ -183,6 +186,109 @@ pub fn max_pool2x2_stock(x: &Tensor) -> Result<Tensor> {
         .reshape((n, c, oh, 2, ow, 2))?
         .max(5)?
         .max(3)
+}
+
+/// The inputs of a three-input custom op (input, weight, bias).
+#[derive(Clone, Copy)]
+pub(crate) struct Op3Tensors<'a> {
+    pub x: &'a Tensor,
+    pub w: &'a Tensor,
+    pub b: &'a Tensor,
+}
+
+/// The values of a three-input op's inputs, its output and the output's gradient.
+pub(crate) struct Op3Slices<'a, T> {
+    pub x: &'a [T],
+    pub w: &'a [T],
+    pub res: &'a [T],
+    pub dy: &'a [T],
+}
+
+/// The gradients of `x` (if computed), `w` and `b`.
+pub(crate) type Op3Grads<T> = (Option<Vec<T>>, Vec<T>, Vec<T>);
+
+/// The CPU kernels of a three-input custom op, generic over f32 and f64; the
+/// candle plumbing (dtype dispatch, slices, gradient tensors) is [`cpu_fwd3`] and
+/// [`bwd3`], shared by every op.
+pub(crate) trait Kernel3 {
+    const NAME: &'static str;
+    fn out_shape(&self, x: &Shape, w: &Shape, b: &Shape) -> Result<Shape>;
+    fn forward<T: Real>(&self, shapes: [&Shape; 3], x: &[T], w: &[T], b: &[T]) -> Result<Vec<T>>;
+    fn backward<T: Real>(&self, t: Op3Tensors<'_>, v: Op3Slices<'_, T>) -> Result<Op3Grads<T>>;
+}
+
+/// `CustomOp3::cpu_fwd` of a [`Kernel3`].
+pub(crate) fn cpu_fwd3<K: Kernel3>(
+    k: &K,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<(CpuStorage, Shape)> {
+    let shapes = [l1.shape(), l2.shape(), l3.shape()];
+    let out = k.out_shape(shapes[0], shapes[1], shapes[2])?;
+    let (x, w, b) = ((s1, l1), (s2, l2), (s3, l3));
+    let y = match s1 {
+        CpuStorage::F32(_) => CpuStorage::F32(run_fwd3::<K, f32>(k, shapes, x, w, b)?),
+        CpuStorage::F64(_) => CpuStorage::F64(run_fwd3::<K, f64>(k, shapes, x, w, b)?),
+        s => candle_core::bail!("{}: unsupported dtype {:?}", K::NAME, s.dtype()),
+    };
+    Ok((y, out))
+}
+
+fn run_fwd3<K: Kernel3, T: Real>(
+    k: &K,
+    shapes: [&Shape; 3],
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<Vec<T>> {
+    let (x, w, b) = (
+        layout_slice(s1, l1)?,
+        layout_slice(s2, l2)?,
+        layout_slice(s3, l3)?,
+    );
+    k.forward(shapes, x, w, b)
+}
+
+/// `CustomOp3::bwd` of a [`Kernel3`].
+pub(crate) fn bwd3<K: Kernel3>(
+    k: &K,
+    t: Op3Tensors<'_>,
+    res: &Tensor,
+    grad_res: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (res, dy) = (res.contiguous()?, grad_res.contiguous()?);
+    match t.x.dtype() {
+        DType::F32 => run_bwd3::<K, f32>(k, t, &res, &dy),
+        DType::F64 => run_bwd3::<K, f64>(k, t, &res, &dy),
+        dt => candle_core::bail!("{}: unsupported dtype {dt:?}", K::NAME),
+    }
+}
+
+fn run_bwd3<K: Kernel3, T: Real>(
+    k: &K,
+    t: Op3Tensors<'_>,
+    res: &Tensor,
+    dy: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (dx, dw, db) = {
+        let (xv, wv) = (CpuView::new(t.x)?, CpuView::new(t.w)?);
+        let (rv, dyv) = (CpuView::new(res)?, CpuView::new(dy)?);
+        let v = Op3Slices {
+            x: xv.slice::<T>()?,
+            w: wv.slice::<T>()?,
+            res: rv.slice::<T>()?,
+            dy: dyv.slice::<T>()?,
+        };
+        k.backward(t, v)?
+    };
+    let dev = t.x.device();
+    let dx = dx
+        .map(|v| Tensor::from_vec(v, t.x.shape(), dev))
+        .transpose()?;
+    let dw = Tensor::from_vec(dw, t.w.shape(), dev)?;
+    let db = Tensor::from_vec(db, t.b.shape(), dev)?;
+    Ok((dx, Some(dw), Some(db)))
 }
 
 /// Whether the custom ops handle these tensors: all on the CPU, same dtype, f32/f64.
