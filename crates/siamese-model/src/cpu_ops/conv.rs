@@ -15,14 +15,11 @@
 //! disjoint; weight gradients accumulate per group of images and are summed at the
 //! end.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape};
 use rayon::prelude::*;
 
 use super::fft::Spectra;
-use super::{
-    Kernel3, Op3Grads, Op3Slices, Op3Tensors, Real, Scratch, Strides, buffer, bwd3, cpu_fwd3,
-    matmul,
-};
+use super::{Kernel3, Op3Grads, Op3Slices, Op3Tensors, Real, Scratch, Strides, buffer, matmul};
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -748,34 +745,7 @@ impl Kernel3 for Conv2dBiasReluPool {
     }
 }
 
-impl CustomOp3 for Conv2dBiasReluPool {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        bwd3(self, Op3Tensors { x, w, b }, res, grad_res)
-    }
-}
+super::custom_op3!(Conv2dBiasReluPool);
 
 /// The custom op: `(x, w, b) -> relu?(conv2d(x, w) + b)`.
 #[derive(Clone, Copy, Debug)]
@@ -809,31 +779,4 @@ impl Kernel3 for Conv2dBiasRelu {
     }
 }
 
-impl CustomOp3 for Conv2dBiasRelu {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        bwd3(self, Op3Tensors { x, w, b }, res, grad_res)
-    }
-}
+super::custom_op3!(Conv2dBiasRelu);

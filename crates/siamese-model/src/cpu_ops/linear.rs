@@ -7,10 +7,10 @@
 //! 9216 → 4096 layer on every step. Here the weight gradient comes out of one gemm
 //! in `w`'s own layout, and the sigmoid's derivative is applied in place.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Shape};
 use rayon::prelude::*;
 
-use super::{Kernel3, Op3Grads, Op3Slices, Op3Tensors, Real, Strides, bwd3, cpu_fwd3, matmul};
+use super::{Kernel3, Op3Grads, Op3Slices, Op3Tensors, Real, Strides, matmul};
 
 fn threads() -> gemm::Parallelism {
     gemm::Parallelism::Rayon(rayon::current_num_threads())
@@ -105,31 +105,4 @@ impl Kernel3 for LinearSigmoid {
     }
 }
 
-impl CustomOp3 for LinearSigmoid {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        b: &Tensor,
-        res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        bwd3(self, Op3Tensors { x, w, b }, res, grad_res)
-    }
-}
+super::custom_op3!(LinearSigmoid);

@@ -217,6 +217,46 @@ pub(crate) trait Kernel3 {
     fn backward<T: Real>(&self, t: Op3Tensors<'_>, v: Op3Slices<'_, T>) -> Result<Op3Grads<T>>;
 }
 
+/// candle's `CustomOp3` for a [`Kernel3`]: [`cpu_fwd3`] and [`bwd3`].
+macro_rules! custom_op3 {
+    ($op:ty) => {
+        impl candle_core::CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                <Self as $crate::cpu_ops::Kernel3>::NAME
+            }
+
+            fn cpu_fwd(
+                &self,
+                s1: &candle_core::CpuStorage,
+                l1: &candle_core::Layout,
+                s2: &candle_core::CpuStorage,
+                l2: &candle_core::Layout,
+                s3: &candle_core::CpuStorage,
+                l3: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                $crate::cpu_ops::cpu_fwd3(self, (s1, l1), (s2, l2), (s3, l3))
+            }
+
+            fn bwd(
+                &self,
+                x: &candle_core::Tensor,
+                w: &candle_core::Tensor,
+                b: &candle_core::Tensor,
+                res: &candle_core::Tensor,
+                grad_res: &candle_core::Tensor,
+            ) -> candle_core::Result<(
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+                Option<candle_core::Tensor>,
+            )> {
+                let t = $crate::cpu_ops::Op3Tensors { x, w, b };
+                $crate::cpu_ops::bwd3(self, t, res, grad_res)
+            }
+        }
+    };
+}
+pub(crate) use custom_op3;
+
 /// `CustomOp3::cpu_fwd` of a [`Kernel3`].
 pub(crate) fn cpu_fwd3<K: Kernel3>(
     k: &K,
