@@ -5,11 +5,22 @@
 //! * `cargo xtask ci`: formatting check, clippy with warnings denied, and the tests.
 //! * `cargo xtask bench data`: the data path against the Python reference's, side by
 //!   side.
+//! * `cargo xtask cuda-toolkit`: a CUDA 13.0 toolkit from PyPI wheels plus link-time
+//!   stubs, in `.cuda-toolkit/`, for building with CUDA on a machine without one.
+//! * `cargo xtask build [--cuda] [--cudnn]`: the release CLI; with `--cuda` in
+//!   `target/cuda` with candle's CUDA backend.
+//! * `cargo xtask device-bundle`: a folder (`bundle/gpu`) holding what a run on a
+//!   lent GPU machine needs: the compressed CUDA binary, the Omniglot zips, the
+//!   PyTorch baseline and a run script.
+//! * `cargo xtask ci --cuda`: the CI checks, then clippy and the build with CUDA (for
+//!   manual use; CI itself has no CUDA).
 
 // A binary: its results belong on stdout (the print lint guards the libraries).
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod bundle;
+mod cuda;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -54,7 +65,43 @@ enum Cmd {
         quiet: bool,
     },
     /// Run the CI checks in the workspace root: fmt --check, clippy -D warnings, tests.
-    Ci,
+    Ci {
+        /// Then also clippy and the release build with CUDA (in target/cuda; a clean
+        /// build takes about 18 minutes on 2 cores) and a start of the binary. Needs
+        /// nvcc, or the toolkit of `cargo xtask cuda-toolkit`. CI itself never does this.
+        #[arg(long)]
+        cuda: bool,
+    },
+    /// Prepare a CUDA 13.0 toolkit (PyPI wheels, link-time stubs) in .cuda-toolkit/ and
+    /// print its environment as `export` lines. Not needed with a real CUDA install.
+    CudaToolkit {
+        /// Python whose pip downloads the wheels.
+        #[arg(long, value_name = "PATH", default_value = "python3")]
+        python: String,
+        /// Unpack the wheels and make the stubs again even if present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build the release CLI (with --cuda: with candle's CUDA backend, in target/cuda).
+    Build {
+        /// With CUDA: uses the toolkit of `cargo xtask cuda-toolkit` if prepared, else
+        /// the machine's nvcc.
+        #[arg(long)]
+        cuda: bool,
+        /// Also cuDNN's convolutions (implies --cuda; needs libcudnn 9 where it runs).
+        #[arg(long)]
+        cudnn: bool,
+        /// A CUDA toolkit folder (holding bin/nvcc) to build with.
+        #[arg(long, value_name = "DIR")]
+        toolkit: Option<PathBuf>,
+        /// GPU compute capability to compile the kernels for [default: $CUDA_COMPUTE_CAP,
+        /// else 90 (Hopper) with the prepared toolkit, else nvidia-smi's answer].
+        #[arg(long, value_name = "N")]
+        compute_cap: Option<String>,
+    },
+    /// Write bundle/gpu: what a run on a lent GPU machine carries (the xz'd CUDA binary,
+    /// the Omniglot zips, the PyTorch baseline, run.sh), checked to fit the carry limit.
+    DeviceBundle(bundle::BundleArgs),
     /// Benchmarks against the Python reference, measured side by side.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -100,7 +147,45 @@ fn run() -> Result<()> {
             force,
             quiet,
         } => fetch_omniglot(dest, mirror.as_deref(), minimal, force, quiet),
-        Cmd::Ci => ci(),
+        Cmd::Ci { cuda } => {
+            ci()?;
+            if cuda {
+                ci_cuda()?;
+            }
+            Ok(())
+        }
+        Cmd::CudaToolkit { python, force } => {
+            cuda::prepare_toolkit(&workspace_root(), &python, force)
+        }
+        Cmd::Build {
+            cuda,
+            cudnn,
+            toolkit,
+            compute_cap,
+        } => {
+            let root = workspace_root();
+            if cuda || cudnn {
+                let options = cuda::BuildOptions {
+                    cudnn,
+                    toolkit,
+                    compute_cap,
+                };
+                cuda::build(&root, &options).map(drop)
+            } else {
+                let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+                let status = Command::new(cargo)
+                    .args(["build", "--release", "-p", "siamese-cli"])
+                    .current_dir(&root)
+                    .status()
+                    .context("cannot run cargo")?;
+                if !status.success() {
+                    bail!("cargo build --release -p siamese-cli failed ({status})");
+                }
+                Ok(())
+            }
+        }
+
+        Cmd::DeviceBundle(args) => bundle::device_bundle(&workspace_root(), &args),
         Cmd::Bench(BenchCmd::Data { data, python }) => {
             bench::bench_data(&workspace_root(), &data, python)
         }
@@ -209,5 +294,94 @@ fn ci() -> Result<()> {
         );
     }
     tracing::info!("ci passed in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The CUDA part of `cargo xtask ci --cuda`: clippy with the `cuda` feature (release
+/// profile, so that it shares candle's kernel build with the binary), the release
+/// build, and a start of the binary with `--device auto` (which must fall back to the
+/// CPU where no GPU answers).
+fn ci_cuda() -> Result<()> {
+    let root = workspace_root();
+    let toolkit = cuda::choose_toolkit(&root, None, cuda::system_has_nvcc())?;
+    let env = cuda::build_env(&toolkit, std::env::var("CUDA_COMPUTE_CAP").ok().as_deref());
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let clippy = [
+        "clippy",
+        "--release",
+        "--locked",
+        "-p",
+        "siamese-cli",
+        "-p",
+        "siamese-model",
+        "-p",
+        "siamese-train",
+        "--all-targets",
+        "--features",
+        "siamese-model/cuda",
+        "--target-dir",
+        cuda::CUDA_TARGET_DIR,
+        "--",
+        "-D",
+        "warnings",
+    ];
+    tracing::info!("ci --cuda: cargo {}", clippy.join(" "));
+    let status = Command::new(&cargo)
+        .args(clippy)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&root)
+        .status()
+        .context("cannot run cargo clippy")?;
+    if !status.success() {
+        bail!("ci --cuda: clippy with the cuda feature failed ({status})");
+    }
+    let options = cuda::BuildOptions {
+        cudnn: false,
+        toolkit: None,
+        compute_cap: None,
+    };
+    let binary = cuda::build(&root, &options)?;
+    let mut cmd = Command::new(&binary);
+    cmd.args([
+        "bench",
+        "train",
+        "--device",
+        "auto",
+        "--arch",
+        "koch35",
+        "--batch-pairs",
+        "2",
+        "--steps",
+        "1",
+        "--json",
+    ]);
+    if let cuda::Toolkit::Prepared(home) = &toolkit
+        && !Path::new("/usr/local/nvidia").exists()
+        && !Path::new("/usr/local/cuda/lib64").exists()
+    {
+        cmd.env("LD_LIBRARY_PATH", cuda::stub_library_path(home));
+    }
+    tracing::info!("ci --cuda: {:?}", cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!(
+            "ci --cuda: {} --device auto bench train failed ({}): {}",
+            binary.display(),
+            out.status,
+            stderr.trim()
+        );
+    }
+    tracing::info!(
+        "ci --cuda passed: {}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        stderr
+            .lines()
+            .find(|l| l.contains("device auto"))
+            .map(|l| format!(" ({})", l.trim()))
+            .unwrap_or_default()
+    );
     Ok(())
 }

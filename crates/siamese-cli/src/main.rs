@@ -24,6 +24,11 @@ struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Allow TF32 in CUDA's f32 matrix products (and so in the convolutions, which
+    /// run as matrix products): faster on Ampere and later GPUs, with products rounded
+    /// to 10 mantissa bits. Ignored, with a warning, without CUDA.
+    #[arg(long, global = true)]
+    tf32: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -50,6 +55,9 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
+    if cli.tf32 {
+        allow_tf32();
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -69,6 +77,17 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(args) => predict::compare(&args),
         Command::Classify(args) => predict::classify(&args),
         Command::Bench(cmd) => bench::run(&cmd, progress),
+    }
+}
+
+/// `--tf32`: candle's switch for reduced-precision (TF32) f32 GEMMs on CUDA, which is
+/// process-wide.
+fn allow_tf32() {
+    if cfg!(feature = "cuda") {
+        siamese_model::candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        tracing::info!("TF32 allowed in CUDA's f32 matrix products (--tf32)");
+    } else {
+        tracing::warn!("--tf32 ignored: this binary was built without CUDA (`--features cuda`)");
     }
 }
 

@@ -59,6 +59,10 @@ pub struct TrainArgs {
     /// Print the outcome as one JSON line.
     #[arg(long, help_heading = "Run")]
     pub json: bool,
+    /// Batches made ahead of the steps on a background thread [default: 2 when the
+    /// network is on a GPU, 0 on the CPU]. Changes no result.
+    #[arg(long, value_name = "N", help_heading = "Run")]
+    pub prefetch: Option<usize>,
 
     // ---- data ----
     /// Split to train on: koch, koch-all-drawers, background-small1, background-small2.
@@ -102,6 +106,10 @@ pub struct TrainArgs {
     /// Input side length [default: the architecture's].
     #[arg(long, value_name = "PIXELS", help_heading = "Model")]
     pub input_size: Option<usize>,
+    /// Initialisation of a new network: paper (Koch et al.'s) or lecun (fully
+    /// connected weights N(0, 1/fan_in), so the sigmoid layer starts unsaturated).
+    #[arg(long, value_name = "SCHEME", help_heading = "Model")]
+    pub init: Option<siamese_model::InitScheme>,
 
     // ---- training ----
     /// Objective: pairs (Koch's) or all-pairs (every pair of a K×M batch).
@@ -286,6 +294,7 @@ impl TrainArgs {
             given.push("--arch");
         }
         set!("--input-size", self.input_size, c.model.input_size);
+        set!("--init", self.init, c.train.init);
         // Training.
         set!("--objective", self.objective, c.train.objective);
         set!("--optimizer", self.optimizer, c.train.optimizer);
@@ -488,6 +497,7 @@ pub fn run(args: &TrainArgs, progress: bool) -> Result<()> {
         progress,
         stop,
         observer: None,
+        prefetch_batches: args.prefetch,
     };
     let outcome = train(&run, &config, &data, &options)?;
 

@@ -5,8 +5,17 @@
 //! sampler and distortions are seeded with [`step_seed`]`(seed, s, stream)`, and
 //! Koch's fixed set is shuffled for pass `p` with `step_seed(seed, p, ..)`. Resuming a
 //! run therefore needs nothing but the step number.
+//!
+//! # Batches ahead of the steps
+//! [`Sampler::prefetch`] makes the batches of the coming steps on a background thread
+//! (on the CPU, the distortions on the rayon pool) while the device runs the current
+//! step; the trainer uses it when the network is on a GPU. The batches are the same,
+//! in the same order, as [`Sampler::batch`] makes them one by one.
 
+use std::ops::Range;
 use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::Scope;
 
 use candle_core::{Device, Tensor};
 use rand::Rng;
@@ -101,6 +110,25 @@ pub enum Batch {
 }
 
 impl Batch {
+    /// The same batch on `device` (a copy unless it is there already).
+    pub fn to_device(self, device: &Device) -> Result<Batch, TrainError> {
+        Ok(match self {
+            Batch::Pairs {
+                left,
+                right,
+                targets,
+            } => Batch::Pairs {
+                left: left.to_device(device)?,
+                right: right.to_device(device)?,
+                targets: targets.to_device(device)?,
+            },
+            Batch::Classes { images, labels } => Batch::Classes {
+                images: images.to_device(device)?,
+                labels,
+            },
+        })
+    }
+
     /// The pairs the step's loss scores.
     pub fn pair_count(&self) -> usize {
         match self {
@@ -210,6 +238,32 @@ impl Sampler {
         }
     }
 
+    /// Makes the batches of `steps`, in order and on the CPU, on a thread of `scope`, at
+    /// most `depth` (≥ 1) ahead of the consumer; [`Prefetch::next`] takes them. The
+    /// thread ends after the last step, after an error (which it passes on), or when
+    /// the [`Prefetch`] is dropped.
+    pub fn prefetch<'scope, 'env>(
+        mut self,
+        scope: &'scope Scope<'scope, 'env>,
+        train: &'env Dataset,
+        steps: Range<u64>,
+        depth: usize,
+    ) -> Prefetch {
+        let (tx, rx): (SyncSender<_>, _) = sync_channel(depth.max(1));
+        let first = steps.start;
+        scope.spawn(move || {
+            for step in steps {
+                let batch = self.batch(train, step, &Device::Cpu);
+                let failed = batch.is_err();
+                // A send fails once the consumer is gone: nothing more to do.
+                if tx.send((step, batch)).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Prefetch { rx, next: first }
+    }
+
     fn pair_entries(&mut self, train: &Dataset, step: u64) -> Result<Vec<PairEntry>, TrainError> {
         let b = self.batch_pairs;
         match &self.koch_set {
@@ -291,8 +345,39 @@ impl Sampler {
     }
 }
 
+/// The receiving end of [`Sampler::prefetch`].
+#[derive(Debug)]
+pub struct Prefetch {
+    rx: Receiver<(u64, Result<Batch, TrainError>)>,
+    next: u64,
+}
+
+impl Prefetch {
+    /// The batch of `step` (on the CPU), which must be the next step of the range.
+    pub fn next(&mut self, step: u64) -> Result<Batch, TrainError> {
+        if step != self.next {
+            return Err(prefetch_error(format!(
+                "step {step} asked for, the next prefetched step is {}",
+                self.next
+            )));
+        }
+        let (made, batch) = self.rx.recv().map_err(|_| {
+            prefetch_error(format!(
+                "the thread making the batches ended before step {step}"
+            ))
+        })?;
+        debug_assert_eq!(made, step);
+        self.next = step + 1;
+        batch
+    }
+}
+
+fn prefetch_error(msg: String) -> TrainError {
+    TrainError::Tensor(candle_core::Error::Msg(format!("batch prefetch: {msg}")))
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use siamese_data::DatasetIndex;
     use siamese_data::augment::synthetic_glyph;
@@ -349,6 +434,63 @@ mod tests {
                 );
             }
             assert_ne!(a[0], a[1]);
+        }
+    }
+
+    #[test]
+    fn prefetched_batches_are_the_sampler_batches() {
+        let data = tiny_data(20);
+        let values = |b: Batch| -> (Vec<f32>, Vec<f32>) {
+            match b {
+                Batch::Pairs {
+                    left,
+                    right,
+                    targets,
+                } => (
+                    Tensor::cat(&[left, right], 0)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap(),
+                    targets.to_vec1().unwrap(),
+                ),
+                Batch::Classes { images, labels } => (
+                    images.flatten_all().unwrap().to_vec1().unwrap(),
+                    labels.iter().map(|&l| l as f32).collect(),
+                ),
+            }
+        };
+        for (objective, pairs) in [
+            (Objective::AllPairs, PairSource::Online),
+            (Objective::Pairs, PairSource::KochSet),
+        ] {
+            let mut c = TrainConfig::default();
+            c.train.objective = objective;
+            c.data.pairs = pairs;
+            c.data.koch_base_pairs = 10;
+            c.data.koch_distorted_copies = 2;
+            c.data.classes_per_batch = 3;
+            c.data.images_per_class = 2;
+            c.train.batch_pairs = 7;
+            let mut direct = Sampler::new(&c, &data).unwrap();
+            let expected: Vec<_> = (2..9)
+                .map(|s| values(direct.batch(&data, s, &Device::Cpu).unwrap()))
+                .collect();
+            std::thread::scope(|scope| {
+                let sampler = Sampler::new(&c, &data).unwrap();
+                let mut ahead = sampler.prefetch(scope, &data, 2..9, 2);
+                assert!(ahead.next(3).is_err(), "out of order");
+                for (s, e) in (2..9).zip(&expected) {
+                    let b = ahead.next(s).unwrap().to_device(&Device::Cpu).unwrap();
+                    assert_eq!(&values(b), e, "step {s}");
+                }
+                assert!(ahead.next(9).is_err(), "past the range");
+                // Dropped early: the thread must end.
+                let sampler = Sampler::new(&c, &data).unwrap();
+                let mut early = sampler.prefetch(scope, &data, 0..1000, 1);
+                early.next(0).unwrap();
+            });
         }
     }
 

@@ -5,7 +5,10 @@
 //! runs as one in-place pass over its values (a candle in-place custom op) instead of
 //! candle's chain of tensor operations, each of which would allocate a new tensor the
 //! size of the parameter (the Koch network's fully connected layer alone holds 37.7M
-//! weights). On other devices the same update runs as tensor operations.
+//! weights); the state (velocities, moments) lives in host vectors. On other devices
+//! (CUDA, Metal) the state is tensors on the parameter's device and the same update
+//! runs as tensor operations there, written back with [`Var::set`]: nothing crosses
+//! to the host during training, only when a checkpoint takes the state.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,18 +38,65 @@ pub struct SgdMomentum {
 struct SgdParam {
     var: Var,
     hyper: SgdHyper,
-    velocity: Vec<f32>,
+    /// The velocity.
+    velocity: Slots,
+}
+
+/// A parameter's optimizer state: one or more vectors of the parameter's size.
+#[derive(Debug)]
+enum Slots {
+    /// Host vectors, updated in place together with CPU weights.
+    Host(Vec<Vec<f32>>),
+    /// Tensors on the parameter's (non-CPU) device.
+    Device(Vec<Tensor>),
+}
+
+impl Slots {
+    /// `count` zero vectors for `var`: on the host for a CPU parameter, else on its
+    /// device (`force_device` puts them on the device anyway, for tests on the CPU).
+    fn zeros(var: &Var, count: usize, force_device: bool) -> Result<Self> {
+        if var.device().is_cpu() && !force_device {
+            Ok(Slots::Host(vec![vec![0.0; var.elem_count()]; count]))
+        } else {
+            let zeros = (0..count)
+                .map(|_| Tensor::zeros(var.shape(), DType::F32, var.device()))
+                .collect::<Result<_>>()?;
+            Ok(Slots::Device(zeros))
+        }
+    }
+
+    /// Slot `i` as a CPU tensor of the parameter's shape, for a checkpoint.
+    fn to_cpu_tensor(&self, i: usize, var: &Var) -> Result<Tensor> {
+        match self {
+            Slots::Host(v) => Tensor::from_slice(&v[i], var.shape(), &Device::Cpu),
+            Slots::Device(t) => t[i].to_device(&Device::Cpu),
+        }
+    }
+
+    /// Replaces slot `i` by the state's tensor `name`.
+    fn load(&mut self, i: usize, state: &OptimizerState, name: &str, var: &Var) -> Result<()> {
+        let values = state_vec(state, name, var.elem_count())?;
+        match self {
+            Slots::Host(v) => v[i] = values,
+            Slots::Device(t) => t[i] = Tensor::from_vec(values, var.shape(), var.device())?,
+        }
+        Ok(())
+    }
 }
 
 impl SgdMomentum {
     /// An optimizer with its own hyper-parameters for each variable.
     pub fn with_hypers(params: Vec<(Var, SgdHyper)>) -> Result<Self> {
+        Self::build(params, false)
+    }
+
+    fn build(params: Vec<(Var, SgdHyper)>, force_device: bool) -> Result<Self> {
         let params = params
             .into_iter()
             .map(|(var, hyper)| {
                 check_f32(&var)?;
                 Ok(SgdParam {
-                    velocity: vec![0.0; var.elem_count()],
+                    velocity: Slots::zeros(&var, 1, force_device)?,
                     var,
                     hyper,
                 })
@@ -71,7 +121,7 @@ impl SgdMomentum {
         for (i, p) in self.params.iter().enumerate() {
             tensors.insert(
                 format!("{i}.velocity"),
-                Tensor::from_slice(&p.velocity, p.var.shape(), &Device::Cpu)?,
+                p.velocity.to_cpu_tensor(0, &p.var)?,
             );
         }
         Ok(OptimizerState {
@@ -96,7 +146,8 @@ impl SgdMomentum {
         }
         for (i, (p, h)) in self.params.iter_mut().zip(hypers).enumerate() {
             p.hyper = h;
-            p.velocity = state_vec(state, &format!("{i}.velocity"), p.velocity.len())?;
+            p.velocity
+                .load(0, state, &format!("{i}.velocity"), &p.var)?;
         }
         Ok(())
     }
@@ -114,13 +165,30 @@ impl Optimizer for SgdMomentum {
             let Some(g) = grads.get(&p.var) else { continue };
             let h = p.hyper;
             let (lr, mu, wd) = (h.lr as f32, h.momentum as f32, h.weight_decay as f32);
-            update_in_place(&p.var, g, &mut [&mut p.velocity], |w, g, state| {
-                let v = &mut *state[0];
-                for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
-                    *v = mu * *v - lr * (g + wd * *w);
-                    *w += *v;
+            match &mut p.velocity {
+                Slots::Host(slots) => {
+                    let mut state: Vec<&mut Vec<f32>> = slots.iter_mut().collect();
+                    update_in_place(&p.var, g, &mut state, |w, g, state| {
+                        let v = &mut *state[0];
+                        for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+                            *v = mu * *v - lr * (g + wd * *w);
+                            *w += *v;
+                        }
+                    })?;
                 }
-            })?;
+                Slots::Device(slots) => {
+                    let (w, g) = detached(&p.var, g)?;
+                    // v ← μ v − η (g + λ w), w ← w + v
+                    let g = if h.weight_decay != 0.0 {
+                        (g + w.affine(h.weight_decay, 0.0)?)?
+                    } else {
+                        g
+                    };
+                    let v = (slots[0].affine(h.momentum, 0.0)? - g.affine(h.lr, 0.0)?)?;
+                    p.var.set(&(w + &v)?)?;
+                    slots[0] = v;
+                }
+            }
         }
         Ok(())
     }
@@ -174,8 +242,8 @@ pub struct Adam {
 #[derive(Debug)]
 struct AdamParam {
     var: Var,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    /// The first and second moments.
+    moments: Slots,
 }
 
 impl Adam {
@@ -183,18 +251,30 @@ impl Adam {
         &self.config
     }
 
+    fn build(vars: Vec<Var>, config: AdamConfig, force_device: bool) -> Result<Self> {
+        let params = vars
+            .into_iter()
+            .map(|var| {
+                check_f32(&var)?;
+                Ok(AdamParam {
+                    moments: Slots::zeros(&var, 2, force_device)?,
+                    var,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Adam {
+            config,
+            step: 0,
+            params,
+        })
+    }
+
     /// The optimizer's state (moments, step count, configuration), for checkpoints.
     pub fn state(&self) -> Result<OptimizerState> {
         let mut tensors = HashMap::new();
         for (i, p) in self.params.iter().enumerate() {
-            tensors.insert(
-                format!("{i}.m"),
-                Tensor::from_slice(&p.m, p.var.shape(), &Device::Cpu)?,
-            );
-            tensors.insert(
-                format!("{i}.v"),
-                Tensor::from_slice(&p.v, p.var.shape(), &Device::Cpu)?,
-            );
+            tensors.insert(format!("{i}.m"), p.moments.to_cpu_tensor(0, &p.var)?);
+            tensors.insert(format!("{i}.v"), p.moments.to_cpu_tensor(1, &p.var)?);
         }
         Ok(OptimizerState {
             step: self.step,
@@ -210,8 +290,8 @@ impl Adam {
             serde_json::from_value(state.hypers.clone()).map_err(candle_core::Error::wrap)?;
         self.step = state.step;
         for (i, p) in self.params.iter_mut().enumerate() {
-            p.m = state_vec(state, &format!("{i}.m"), p.m.len())?;
-            p.v = state_vec(state, &format!("{i}.v"), p.v.len())?;
+            p.moments.load(0, state, &format!("{i}.m"), &p.var)?;
+            p.moments.load(1, state, &format!("{i}.v"), &p.var)?;
         }
         Ok(())
     }
@@ -221,23 +301,7 @@ impl Optimizer for Adam {
     type Config = AdamConfig;
 
     fn new(vars: Vec<Var>, config: AdamConfig) -> Result<Self> {
-        let params = vars
-            .into_iter()
-            .map(|var| {
-                check_f32(&var)?;
-                let n = var.elem_count();
-                Ok(AdamParam {
-                    var,
-                    m: vec![0.0; n],
-                    v: vec![0.0; n],
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(Adam {
-            config,
-            step: 0,
-            params,
-        })
+        Self::build(vars, config, false)
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
@@ -254,16 +318,41 @@ impl Optimizer for Adam {
         let decay = (1.0 - c.lr * c.decoupled_weight_decay) as f32;
         for p in &mut self.params {
             let Some(g) = grads.get(&p.var) else { continue };
-            update_in_place(&p.var, g, &mut [&mut p.m, &mut p.v], |w, g, state| {
-                let [m, v] = state else {
-                    unreachable!("two state vectors")
-                };
-                for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    *w = *w * decay - step_size * *m / (v.sqrt() * inv_bias2_sqrt + eps);
+            match &mut p.moments {
+                Slots::Host(slots) => {
+                    let mut state: Vec<&mut Vec<f32>> = slots.iter_mut().collect();
+                    update_in_place(&p.var, g, &mut state, |w, g, state| {
+                        let [m, v] = state else {
+                            unreachable!("two state vectors")
+                        };
+                        for (((w, &g), m), v) in
+                            w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                        {
+                            *m = b1 * *m + (1.0 - b1) * g;
+                            *v = b2 * *v + (1.0 - b2) * g * g;
+                            *w = *w * decay - step_size * *m / (v.sqrt() * inv_bias2_sqrt + eps);
+                        }
+                    })?;
                 }
-            })?;
+                Slots::Device(slots) => {
+                    let (w, g) = detached(&p.var, g)?;
+                    let m = (slots[0].affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?;
+                    let v =
+                        (slots[1].affine(c.beta2, 0.0)? + g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
+                    let denom = v
+                        .sqrt()?
+                        .affine(f64::from(inv_bias2_sqrt), f64::from(eps))?;
+                    let update = (m.affine(f64::from(step_size), 0.0)? / denom)?;
+                    let w = if c.decoupled_weight_decay != 0.0 {
+                        w.affine(f64::from(decay), 0.0)?
+                    } else {
+                        w
+                    };
+                    p.var.set(&(w - update)?)?;
+                    slots[0] = m;
+                    slots[1] = v;
+                }
+            }
         }
         Ok(())
     }
@@ -311,9 +400,25 @@ fn check_f32(var: &Var) -> Result<()> {
     Ok(())
 }
 
-/// Runs `update(weights, grads, state)` over a parameter's values in place. On the CPU
-/// the weights are updated inside candle's storage; elsewhere they are copied out,
-/// updated and written back (correct, not fast: GPU runs should use fused kernels).
+/// The weights and the gradient of a parameter as f32 tensors outside the autograd
+/// graph, for updates by tensor operations (whose results must not hold on to the
+/// previous steps' tensors).
+fn detached(var: &Var, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    if grad.dims() != var.dims() {
+        candle_core::bail!(
+            "gradient shape {:?} does not match parameter {:?}",
+            grad.dims(),
+            var.dims()
+        );
+    }
+    Ok((
+        var.as_tensor().detach(),
+        grad.to_dtype(DType::F32)?.detach(),
+    ))
+}
+
+/// Runs `update(weights, grads, state)` over a CPU parameter's values in place, inside
+/// candle's storage.
 fn update_in_place(
     var: &Var,
     grad: &Tensor,
@@ -327,18 +432,22 @@ fn update_in_place(
             var.dims()
         );
     }
-    if var.device().is_cpu() && var.is_contiguous() {
-        let grad = grad.to_dtype(DType::F32)?.contiguous()?;
-        let op = InPlaceUpdate {
-            state: RefCell::new(state),
-            update: &update,
-        };
-        return var.as_tensor().inplace_op2(&grad, &op);
+    if !(var.device().is_cpu() && var.is_contiguous()) {
+        candle_core::bail!(
+            "in-place optimizer update of a {} parameter (only contiguous CPU ones)",
+            if var.device().is_cpu() {
+                "non-contiguous"
+            } else {
+                "non-CPU"
+            }
+        );
     }
-    let mut w: Vec<f32> = var.flatten_all()?.to_vec1()?;
-    let g: Vec<f32> = grad.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-    update(&mut w, &g, state);
-    var.set(&Tensor::from_vec(w, var.shape(), var.device())?)
+    let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+    let op = InPlaceUpdate {
+        state: RefCell::new(state),
+        update: &update,
+    };
+    var.as_tensor().inplace_op2(&grad, &op)
 }
 
 /// The in-place custom op behind [`update_in_place`].
@@ -485,8 +594,73 @@ mod tests {
         let state = sgd.state().unwrap();
         let mut other = SgdMomentum::new(vec![var()], h).unwrap();
         other.load_state(&state).unwrap();
-        assert_eq!(other.params[0].velocity, sgd.params[0].velocity);
+        let velocity = |o: &SgdMomentum| o.params[0].velocity.to_cpu_tensor(0, &o.params[0].var);
+        assert_eq!(
+            velocity(&other).unwrap().to_vec1::<f32>().unwrap(),
+            velocity(&sgd).unwrap().to_vec1::<f32>().unwrap()
+        );
         let mut wrong = SgdMomentum::new(vec![var(), var()], h).unwrap();
         assert!(wrong.load_state(&state).is_err());
+    }
+
+    /// The tensor-operation path (the one CUDA and Metal parameters take), run on the
+    /// CPU, against the in-place path.
+    #[test]
+    fn device_path_matches_the_in_place_path() {
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() < 1e-5, "{what}: {x} vs {y}");
+            }
+        };
+        let h = SgdHyper {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+        };
+        for wd in [0.0, 0.01] {
+            let h = SgdHyper {
+                weight_decay: wd,
+                ..h
+            };
+            let (a, b) = (var(), var());
+            let mut host = SgdMomentum::build(vec![(a.clone(), h)], false).unwrap();
+            let mut dev = SgdMomentum::build(vec![(b.clone(), h)], true).unwrap();
+            assert!(matches!(dev.params[0].velocity, Slots::Device(_)));
+            for _ in 0..4 {
+                host.backward_step(&loss(&a)).unwrap();
+                dev.backward_step(&loss(&b)).unwrap();
+            }
+            close(&values(&a), &values(&b), "sgd");
+        }
+        for decay in [0.0, 0.1] {
+            let config = AdamConfig {
+                lr: 0.05,
+                decoupled_weight_decay: decay,
+                ..AdamConfig::default()
+            };
+            let (a, b) = (var(), var());
+            let mut host = Adam::build(vec![a.clone()], config, false).unwrap();
+            let mut dev = Adam::build(vec![b.clone()], config, true).unwrap();
+            for _ in 0..5 {
+                host.backward_step(&loss(&a)).unwrap();
+                dev.backward_step(&loss(&b)).unwrap();
+            }
+            close(&values(&a), &values(&b), "adam");
+            // The device path's state is a checkpoint like the host path's, and loads
+            // into either.
+            let (sh, sd) = (host.state().unwrap(), dev.state().unwrap());
+            for k in ["0.m", "0.v"] {
+                let t = |s: &OptimizerState| s.tensors[k].to_vec1::<f32>().unwrap();
+                assert!(sd.tensors[k].device().is_cpu());
+                close(&t(&sh), &t(&sd), k);
+            }
+            let c = var();
+            let mut resumed = Adam::build(vec![c.clone()], config, true).unwrap();
+            c.set(b.as_tensor()).unwrap();
+            resumed.load_state(&sd).unwrap();
+            resumed.backward_step(&loss(&c)).unwrap();
+            dev.backward_step(&loss(&b)).unwrap();
+            assert_eq!(values(&c), values(&b));
+        }
     }
 }

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::TrainError;
 use crate::config::{Objective, TrainConfig};
-use crate::data::{Batch, Sampler, TrainData};
+use crate::data::{Batch, Prefetch, Sampler, TrainData};
 use crate::metrics::{MetricLine, MetricsLog};
 use crate::objective::{all_pairs_loss, pair_loss};
 use crate::plot::draw_plots;
@@ -46,7 +46,15 @@ pub struct TrainOptions {
     pub stop: Arc<AtomicBool>,
     /// Called after every step.
     pub observer: Option<StepObserver>,
+    /// Batches made ahead of the steps on a background thread: `None` (the default)
+    /// for two when the network is on a GPU and none on the CPU (whose cores the step
+    /// itself uses); `Some(0)` never. The batches, and so the run, are the same either
+    /// way.
+    pub prefetch_batches: Option<usize>,
 }
+
+/// Batches made ahead on a GPU by default.
+const DEFAULT_PREFETCH: usize = 2;
 
 impl std::fmt::Debug for TrainOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,6 +62,7 @@ impl std::fmt::Debug for TrainOptions {
             .field("progress", &self.progress)
             .field("stop", &self.stop)
             .field("observer", &self.observer.is_some())
+            .field("prefetch_batches", &self.prefetch_batches)
             .finish()
     }
 }
@@ -182,7 +191,8 @@ struct Trainer<'a> {
     device: Device,
     net: SiameseNet,
     optimizer: RunOptimizer,
-    sampler: Sampler,
+    /// Taken by [`Trainer::run`].
+    sampler: Option<Sampler>,
     state: TrainState,
     stopping: EarlyStopping,
     metrics: MetricsLog,
@@ -244,12 +254,13 @@ impl<'a> Trainer<'a> {
             }
             None => {
                 info!(
-                    "initialising {} ({} parameters, seed {})",
+                    "initialising {} ({} parameters, seed {}, {} init)",
                     config.model,
                     config.model.num_params()?,
-                    t.seed
+                    t.seed,
+                    t.init
                 );
-                let (net, varmap) = SiameseNet::init(config.model, t.seed, &device)?;
+                let (net, varmap) = SiameseNet::init_with(config.model, t.init, t.seed, &device)?;
                 let optimizer = RunOptimizer::new(t.optimizer, &t.sgd, &t.adam, &net, &varmap)?;
                 let state = TrainState {
                     step: 0,
@@ -307,7 +318,7 @@ impl<'a> Trainer<'a> {
             seconds_before: state.train_seconds,
             net,
             optimizer,
-            sampler,
+            sampler: Some(sampler),
             state,
             stopping,
             metrics,
@@ -324,7 +335,31 @@ impl<'a> Trainer<'a> {
         step / self.steps_per_epoch
     }
 
+    /// Runs the loop with the batches made one by one before each step, or ahead on a
+    /// background thread (see [`TrainOptions::prefetch_batches`]).
     fn run(mut self) -> Result<TrainOutcome, TrainError> {
+        let sampler = self.sampler.take().expect("run is called once");
+        let ahead = self
+            .options
+            .prefetch_batches
+            .unwrap_or(if self.device.is_cpu() {
+                0
+            } else {
+                DEFAULT_PREFETCH
+            });
+        if ahead == 0 {
+            return self.train_loop(Batches::Direct(Box::new(sampler)));
+        }
+        info!("making up to {ahead} batches ahead of the steps on a background thread");
+        let train = &self.data.train;
+        let steps = self.state.step..self.total_steps;
+        std::thread::scope(|scope| {
+            let prefetch = sampler.prefetch(scope, train, steps, ahead);
+            self.train_loop(Batches::Ahead(prefetch))
+        })
+    }
+
+    fn train_loop(mut self, mut batches: Batches) -> Result<TrainOutcome, TrainError> {
         let config = self.config;
         let t = &config.train;
         let limit = t.max_minutes.map(|m| Duration::from_secs_f64(m * 60.0));
@@ -367,7 +402,7 @@ impl<'a> Trainer<'a> {
             let epoch = self.epoch_of(step);
             let tick = Instant::now();
             self.optimizer.set_epoch(epoch);
-            let batch = self.sampler.batch(&self.data.train, step, &self.device)?;
+            let batch = batches.next(&self.data.train, step, &self.device)?;
             let n_pairs = batch.pair_count();
             let loss = match (&batch, t.objective) {
                 (
@@ -594,6 +629,28 @@ impl<'a> Trainer<'a> {
     }
 }
 
+/// Where the loop's batches come from.
+enum Batches {
+    /// Made by the sampler before each step.
+    Direct(Box<Sampler>),
+    /// Made ahead on a background thread.
+    Ahead(Prefetch),
+}
+
+impl Batches {
+    fn next(
+        &mut self,
+        train: &siamese_data::Dataset,
+        step: u64,
+        device: &Device,
+    ) -> Result<Batch, TrainError> {
+        match self {
+            Batches::Direct(sampler) => sampler.batch(train, step, device),
+            Batches::Ahead(prefetch) => prefetch.next(step)?.to_device(device),
+        }
+    }
+}
+
 /// Whether every parameter is finite (`x − x` is 0 for finite `x`, NaN otherwise).
 fn params_finite(net: &SiameseNet) -> Result<bool, TrainError> {
     for (_, t) in net.named_tensors() {
@@ -632,5 +689,79 @@ mod tests {
         for _ in 0..100 {
             assert_ne!(never.observe(0.0), Stop);
         }
+    }
+
+    /// Batches made ahead on a background thread train exactly like batches made
+    /// before each step (and a run stopped early leaves no thread behind).
+    #[test]
+    fn prefetched_batches_train_identically() {
+        use crate::config::{PairSource, TrainConfig};
+        use crate::metrics::read_metrics;
+        use siamese_data::augment::synthetic_glyph;
+        use siamese_data::{Dataset, DatasetIndex, seeded_rng};
+        use siamese_model::{Arch, ModelConfig};
+
+        const SIDE: usize = 24;
+        let glyphs = |index: DatasetIndex, seed: u64| {
+            let mut rng = seeded_rng(seed);
+            let images = (0..index.images().len())
+                .map(|_| synthetic_glyph(&mut rng, SIDE, SIDE))
+                .collect();
+            Dataset::from_parts(index, images).unwrap()
+        };
+        let chars = vec![(1..=6).collect::<Vec<u8>>(); 6];
+        let data = TrainData {
+            train: glyphs(DatasetIndex::synthetic(&[chars.clone(), chars]), 1),
+            validation: glyphs(DatasetIndex::synthetic(&[vec![vec![13, 14]; 20]]), 2),
+        };
+        let mut c = TrainConfig::default_preset();
+        c.model = ModelConfig {
+            arch: Arch::Koch35,
+            input_size: SIDE,
+        };
+        c.train.objective = Objective::Pairs;
+        c.data.pairs = PairSource::KochSet;
+        c.data.koch_base_pairs = 8;
+        c.data.koch_distorted_copies = 2;
+        c.data.validation_trials = 20;
+        c.train.batch_pairs = 5;
+        c.train.steps_per_epoch = Some(3);
+        c.train.max_steps = Some(5);
+        c.train.max_minutes = None;
+        c.train.device = "cpu".into();
+        c.train.log_every = 1;
+
+        let root = tempfile::tempdir().unwrap();
+        let losses = |name: &str, prefetch: Option<usize>| -> Vec<u64> {
+            let run = RunDir::create(root.path(), Some(name)).unwrap();
+            let options = TrainOptions {
+                prefetch_batches: prefetch,
+                ..TrainOptions::default()
+            };
+            let out = train(&run, &c, &data, &options).unwrap();
+            assert_eq!(out.reason, StopReason::MaxSteps);
+            read_metrics(&run.metrics_path())
+                .unwrap()
+                .into_iter()
+                .filter_map(|l| match l {
+                    MetricLine::Train { loss, .. } => Some(loss.to_bits()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let direct = losses("direct", None);
+        assert_eq!(direct.len(), 5);
+        assert_eq!(losses("ahead", Some(3)), direct);
+        // Early stop (patience 1 after a validation every step): the thread stops too.
+        c.train.max_steps = Some(50);
+        c.train.validate_every = Some(1);
+        c.train.patience = 1;
+        let run = RunDir::create(root.path(), Some("early")).unwrap();
+        let options = TrainOptions {
+            prefetch_batches: Some(2),
+            ..TrainOptions::default()
+        };
+        let out = train(&run, &c, &data, &options).unwrap();
+        assert!(out.step < 50);
     }
 }
