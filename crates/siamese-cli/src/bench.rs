@@ -5,14 +5,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use siamese_data::archive::DecodeSource;
 use siamese_data::augment::{KochDistortion, augment_images_per_s};
-use siamese_data::{DatasetIndex, GrayImage, OmniglotSet};
+use siamese_data::{Dataset, DatasetIndex, GrayImage, OmniglotSet};
 
 use crate::data_source::DataSourceArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Decoding all 32,460 PNGs of both image sets, and Koch's distortions.
+    /// Decoding all 32,460 PNGs of both image sets (as training loads them, and file by
+    /// file), and Koch's distortions.
     Data(BenchDataArgs),
     /// Training-step and embedding throughput of the network (compare ../shared/bench/torch_koch.py).
     Train(crate::bench_train::BenchTrainArgs),
@@ -49,8 +51,15 @@ struct DataBench {
     threads: usize,
     images: usize,
     scan_s: f64,
+    /// Where the timed decode read the images: `"archive"` (the verified zips kept in
+    /// the set folders, as `train` and `eval` load them) or `"files"` (one PNG at a
+    /// time, when a set has no archive); `"mixed"` when one set has an archive and the
+    /// other not.
+    decode_source: &'static str,
     decode_s: f64,
     decode_images_per_s: f64,
+    /// The same decode from the PNG files, one at a time, whatever `decode_source` is.
+    decode_files_images_per_s: f64,
     augment_batch: usize,
     augment_images_per_s: f64,
 }
@@ -77,18 +86,36 @@ fn bench_data(args: &BenchDataArgs, progress: bool) -> Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         let scan_s = scan_start.elapsed().as_secs_f64();
 
-        // One untimed pass so that the timed one reads from the page cache, as a
-        // repeated training run would.
-        tracing::info!("decoding both image sets (one warm-up pass, one timed)");
+        // One untimed pass of each path so that the timed ones read from the page
+        // cache, as a repeated training run would.
+        tracing::info!(
+            "decoding both image sets the way training loads them and from the files \
+             (one warm-up pass each, one timed)"
+        );
         for idx in &indexes {
             drop(idx.clone().load()?);
+            drop(idx.clone().load_files()?);
         }
+        let files_start = Instant::now();
+        for idx in &indexes {
+            drop(idx.clone().load_files()?);
+        }
+        let files_s = files_start.elapsed().as_secs_f64();
         let decode_start = Instant::now();
         let loaded = indexes
             .into_iter()
-            .map(|idx| idx.load())
+            .map(|idx| idx.load_reporting())
             .collect::<Result<Vec<_>, _>>()?;
         let decode_s = decode_start.elapsed().as_secs_f64();
+        let sources: Vec<DecodeSource> = loaded.iter().map(|(_, s)| *s).collect();
+        let loaded: Vec<Dataset> = loaded.into_iter().map(|(d, _)| d).collect();
+        let decode_source = if sources.iter().all(|&s| s == DecodeSource::Archive) {
+            "archive"
+        } else if sources.iter().all(|&s| s == DecodeSource::Files) {
+            "files"
+        } else {
+            "mixed"
+        };
         let images: Vec<&GrayImage> = loaded.iter().flat_map(|d| d.images()).collect();
 
         tracing::info!(
@@ -108,8 +135,10 @@ fn bench_data(args: &BenchDataArgs, progress: bool) -> Result<()> {
             threads: rayon::current_num_threads(),
             images: images.len(),
             scan_s,
+            decode_source,
             decode_s,
             decode_images_per_s: images.len() as f64 / decode_s,
+            decode_files_images_per_s: images.len() as f64 / files_s,
             augment_batch: args.augment_batch,
             augment_images_per_s: augment,
         })
@@ -128,10 +157,16 @@ fn print_report(report: &DataBench, json: bool) -> Result<()> {
         writeln!(out, "images decoded        {}", report.images)?;
         writeln!(out, "index scan            {:.3} s", report.scan_s)?;
         writeln!(out, "decode                {:.3} s", report.decode_s)?;
+        writeln!(out, "decode source         {}", report.decode_source)?;
         writeln!(
             out,
             "decode_images_per_s   {:.0}",
             report.decode_images_per_s
+        )?;
+        writeln!(
+            out,
+            "  from the files      {:.0}",
+            report.decode_files_images_per_s
         )?;
         writeln!(
             out,

@@ -35,8 +35,9 @@
 //! definition (to float rounding, ~1e-7): identity parameters are a plain
 //! `u8 → f32` conversion; otherwise only the part of each output row whose preimage
 //! meets the source's ink bounding box (grown by the bilinear footprint) is sampled,
-//! from a zero-padded float copy of that box so the inner loop has no edge cases, and
-//! the rest of the row is zero-filled.
+//! from a zero-padded copy of that box so the inner loop has no edge cases, and the
+//! rest of the row is zero-filled. Samples whose 2×2 footprint holds no ink (most of
+//! them: strokes are thin) are 0.0 after one look-up in a map of inked footprints.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -402,13 +403,35 @@ pub fn warp(src: &GrayImage, params: &AffineParams) -> Vec<f32> {
     out
 }
 
-/// Padding of the float copy of the ink box: the sampled span reaches 1.5 px beyond
-/// the box, and the bilinear footprint one more pixel.
+/// Padding of the copy of the ink box: the sampled span reaches 1.5 px beyond the
+/// box, and the bilinear footprint one more pixel.
 const PAD: usize = 2;
 
-thread_local! {
-    static SCRATCH: RefCell<(Vec<f32>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+/// Each thread's scratch buffers for [`warp_bbox`].
+#[derive(Default)]
+struct Scratch {
+    /// Zero-padded copy of the ink box.
+    bytes: Vec<u8>,
+    /// `footprint[i]` is non-zero iff the 2×2 block of `bytes` whose top-left pixel is
+    /// `i` holds ink.
+    footprint: Vec<u8>,
 }
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// `INK[p]` is the float ink of the byte `p`: `f32::from(p) / 255`, computed exactly as
+/// [`GrayImage::write_f32`] does.
+static INK: [f32; 256] = {
+    let mut table = [0.0f32; 256];
+    let mut p = 0;
+    while p < 256 {
+        table[p] = p as f32 * (1.0 / 255.0);
+        p += 1;
+    }
+    table
+};
 
 /// Warps `src` by `params` into `out` (same size, row-major, ink = 1.0): each output
 /// pixel is the source sampled bilinearly at the preimage of its centre, with zero
@@ -430,37 +453,56 @@ pub fn warp_into(src: &GrayImage, params: &AffineParams, out: &mut [f32]) {
         out.fill(0.0);
         return;
     };
-    SCRATCH.with(|s| {
-        let (buf, mask) = &mut *s.borrow_mut();
-        let Some(bbox) = ink_bbox(src, mask) else {
-            out.fill(0.0);
-            return;
-        };
-        warp_bbox(src, &m, bbox, buf, out);
-    });
+    let Some(bbox) = ink_bbox(src) else {
+        out.fill(0.0);
+        return;
+    };
+    SCRATCH.with_borrow_mut(|scratch| warp_bbox(src, &m, bbox, scratch, out));
 }
 
 /// Inclusive ink bounding box `(x0, y0, x1, y1)`, or `None` for a blank image.
-fn ink_bbox(src: &GrayImage, mask: &mut Vec<u8>) -> Option<(usize, usize, usize, usize)> {
+fn ink_bbox(src: &GrayImage) -> Option<(usize, usize, usize, usize)> {
     let w = src.width();
-    mask.clear();
-    mask.resize(w, 0);
-    // One vectorisable pass: OR every row into a column mask and into a row flag.
-    let (mut y0, mut y1) = (usize::MAX, 0);
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
     for (y, row) in src.pixels().chunks_exact(w).enumerate() {
-        let mut any = 0u8;
-        for (m, &p) in mask.iter_mut().zip(row) {
-            *m |= p;
-            any |= p;
-        }
-        if any != 0 {
-            y0 = y0.min(y);
-            y1 = y;
+        let Some(first) = first_nonzero(row) else {
+            continue;
+        };
+        // A row with ink has a last inked pixel too.
+        let last = last_nonzero(row).unwrap_or(first);
+        x0 = x0.min(first);
+        x1 = x1.max(last);
+        y0 = y0.min(y);
+        y1 = y;
+    }
+    (y0 != usize::MAX).then_some((x0, y0, x1, y1))
+}
+
+/// Index of the first non-zero byte, eight bytes at a time.
+fn first_nonzero(row: &[u8]) -> Option<usize> {
+    let mut words = row.chunks_exact(8);
+    for (i, c) in words.by_ref().enumerate() {
+        let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        if word != 0 {
+            return Some(i * 8 + (word.trailing_zeros() / 8) as usize);
         }
     }
-    let x0 = mask.iter().position(|&v| v != 0)?;
-    let x1 = mask.iter().rposition(|&v| v != 0)?;
-    Some((x0, y0, x1, y1))
+    let rest = words.remainder();
+    let base = row.len() - rest.len();
+    rest.iter().position(|&p| p != 0).map(|i| base + i)
+}
+
+/// Index of the last non-zero byte, eight bytes at a time.
+fn last_nonzero(row: &[u8]) -> Option<usize> {
+    let mut words = row.rchunks_exact(8);
+    for (i, c) in words.by_ref().enumerate() {
+        let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        if word != 0 {
+            let end = row.len() - i * 8;
+            return Some(end - 1 - (word.leading_zeros() / 8) as usize);
+        }
+    }
+    words.remainder().iter().rposition(|&p| p != 0)
 }
 
 /// The general warp, given the inverse matrix and the ink box.
@@ -468,32 +510,44 @@ fn warp_bbox(
     src: &GrayImage,
     m: &[[f64; 3]; 2],
     (bx0, by0, bx1, by1): (usize, usize, usize, usize),
-    buf: &mut Vec<f32>,
+    Scratch { bytes, footprint }: &mut Scratch,
     out: &mut [f32],
 ) {
     let w = src.width();
-    // Zero-padded float copy of the box; buffer coordinates are source coordinates
-    // minus (ox, oy).
+    // Zero-padded copy of the box; buffer coordinates are source coordinates minus
+    // (ox, oy).
     let bw = bx1 - bx0 + 1;
     let pw = bw + 2 * PAD;
     let ph = by1 - by0 + 1 + 2 * PAD;
-    // Only the frame needs zeroing: the copy overwrites the inside.
-    buf.resize(pw * ph, 0.0);
-    buf[..PAD * pw].fill(0.0);
-    buf[(ph - PAD) * pw..].fill(0.0);
+    bytes.clear();
+    bytes.resize(pw * ph, 0);
     let src_rows = src.pixels().chunks_exact(w).skip(by0);
-    for (dst, row) in buf[PAD * pw..]
+    for (dst, row) in bytes[PAD * pw..]
         .chunks_exact_mut(pw)
         .zip(src_rows)
         .take(ph - 2 * PAD)
     {
-        dst[..PAD].fill(0.0);
-        dst[PAD + bw..].fill(0.0);
-        for (d, &p) in dst[PAD..PAD + bw].iter_mut().zip(&row[bx0..=bx1]) {
-            *d = f32::from(p) * (1.0 / 255.0);
-        }
+        dst[PAD..PAD + bw].copy_from_slice(&row[bx0..=bx1]);
     }
-    let buf = &buf[..];
+    // Which 2×2 footprints hold ink (the last row and column are never a footprint's
+    // top-left corner and stay 0).
+    footprint.clear();
+    footprint.resize(pw * ph, 0);
+    for ((f, top), bottom) in footprint
+        .chunks_exact_mut(pw)
+        .zip(bytes.chunks_exact(pw))
+        .zip(bytes.chunks_exact(pw).skip(1))
+    {
+        // Two vectorisable passes: rows, then neighbouring columns.
+        for ((f, &t), &b) in f.iter_mut().zip(top).zip(bottom) {
+            *f = t | b;
+        }
+        for i in 0..f.len() - 1 {
+            f[i] |= f[i + 1];
+        }
+        f[pw - 1] = 0;
+    }
+    let (bytes, footprint) = (&bytes[..], &footprint[..]);
     let ox = bx0 as f64 - PAD as f64;
     let oy = by0 as f64 - PAD as f64;
     // A sample can be non-zero only if its 2×2 footprint meets the box, i.e. its
@@ -539,22 +593,49 @@ fn warp_bbox(
         row[..start].fill(0.0);
         row[end..].fill(0.0);
         let first = start as f64;
-        let mut u = to_fixed(ru + first * du);
-        let mut v = to_fixed(rv + first * dv);
-        for o in &mut row[start..end] {
-            // u, v ≥ 0.5 − ε > 0 here, so the shift is floor.
-            let (iu, iv) = ((u >> 32) as usize, (v >> 32) as usize);
+        sample_row(
+            bytes,
+            footprint,
+            pw,
+            to_fixed(ru + first * du),
+            to_fixed(rv + first * dv),
+            (su, sv),
+            &mut row[start..end],
+        );
+    }
+}
+
+/// Samples `out.len()` consecutive pixels of an output row from the padded box `bytes`
+/// (row length `pw`), starting at the fixed-point buffer coordinates `(u, v)` and
+/// stepping by `step`. Most samples of a character fall on paper: those whose 2×2
+/// footprint holds no ink (one look-up in `footprint`) are exactly 0.0 — what the
+/// arithmetic below gives for four zeros — and skip it.
+fn sample_row(
+    bytes: &[u8],
+    footprint: &[u8],
+    pw: usize,
+    mut u: i64,
+    mut v: i64,
+    (su, sv): (i64, i64),
+    out: &mut [f32],
+) {
+    for o in out {
+        // u, v ≥ 0.5 − ε > 0 here, so the shift is floor.
+        let base = (v >> 32) as usize * pw + (u >> 32) as usize;
+        *o = if footprint[base] == 0 {
+            0.0
+        } else {
+            let quad = &bytes[base..base + pw + 2];
+            let (a, b) = (INK[usize::from(quad[0])], INK[usize::from(quad[1])]);
+            let (c, d) = (INK[usize::from(quad[pw])], INK[usize::from(quad[pw + 1])]);
             let wu = (u as u32) as f32 * FIXED_INV;
             let wv = (v as u32) as f32 * FIXED_INV;
-            let base = iv * pw + iu;
-            let r0 = &buf[base..base + 2];
-            let r1 = &buf[base + pw..base + pw + 2];
-            let top = r0[0] + wu * (r0[1] - r0[0]);
-            let bot = r1[0] + wu * (r1[1] - r1[0]);
-            *o = top + wv * (bot - top);
-            u = u.wrapping_add(su);
-            v = v.wrapping_add(sv);
-        }
+            let top = a + wu * (b - a);
+            let bot = c + wu * (d - c);
+            top + wv * (bot - top)
+        };
+        u = u.wrapping_add(su);
+        v = v.wrapping_add(sv);
     }
 }
 
@@ -671,6 +752,190 @@ pub fn augment_images_per_s(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The warp as it was before the byte-box fast path (float copy of the box, every
+    /// sample computed), kept verbatim: the current one must match it bit for bit.
+    mod previous {
+        use std::cell::RefCell;
+
+        use crate::GrayImage;
+        use crate::augment::AffineParams;
+
+        /// Padding of the float copy of the ink box: the sampled span reaches 1.5 px beyond
+        /// the box, and the bilinear footprint one more pixel.
+        const PAD: usize = 2;
+
+        thread_local! {
+            static SCRATCH: RefCell<(Vec<f32>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+        }
+
+        /// Warps `src` by `params` into `out` (same size, row-major, ink = 1.0): each output
+        /// pixel is the source sampled bilinearly at the preimage of its centre, with zero
+        /// outside the source. A singular transform gives an empty (all-zero) image.
+        ///
+        /// # Panics
+        /// If `out.len() != src.width() * src.height()`.
+        pub(super) fn warp_into(src: &GrayImage, params: &AffineParams, out: &mut [f32]) {
+            let (w, h) = (src.width(), src.height());
+            assert_eq!(out.len(), w * h, "warp_into: output length");
+            if w == 0 || h == 0 {
+                return;
+            }
+            if params.is_identity() {
+                src.write_f32(out);
+                return;
+            }
+            let Some(m) = params.inverse_matrix(w, h) else {
+                out.fill(0.0);
+                return;
+            };
+            SCRATCH.with(|s| {
+                let (buf, mask) = &mut *s.borrow_mut();
+                let Some(bbox) = ink_bbox(src, mask) else {
+                    out.fill(0.0);
+                    return;
+                };
+                warp_bbox(src, &m, bbox, buf, out);
+            });
+        }
+
+        /// Inclusive ink bounding box `(x0, y0, x1, y1)`, or `None` for a blank image.
+        fn ink_bbox(src: &GrayImage, mask: &mut Vec<u8>) -> Option<(usize, usize, usize, usize)> {
+            let w = src.width();
+            mask.clear();
+            mask.resize(w, 0);
+            // One vectorisable pass: OR every row into a column mask and into a row flag.
+            let (mut y0, mut y1) = (usize::MAX, 0);
+            for (y, row) in src.pixels().chunks_exact(w).enumerate() {
+                let mut any = 0u8;
+                for (m, &p) in mask.iter_mut().zip(row) {
+                    *m |= p;
+                    any |= p;
+                }
+                if any != 0 {
+                    y0 = y0.min(y);
+                    y1 = y;
+                }
+            }
+            let x0 = mask.iter().position(|&v| v != 0)?;
+            let x1 = mask.iter().rposition(|&v| v != 0)?;
+            Some((x0, y0, x1, y1))
+        }
+
+        /// The general warp, given the inverse matrix and the ink box.
+        fn warp_bbox(
+            src: &GrayImage,
+            m: &[[f64; 3]; 2],
+            (bx0, by0, bx1, by1): (usize, usize, usize, usize),
+            buf: &mut Vec<f32>,
+            out: &mut [f32],
+        ) {
+            let w = src.width();
+            // Zero-padded float copy of the box; buffer coordinates are source coordinates
+            // minus (ox, oy).
+            let bw = bx1 - bx0 + 1;
+            let pw = bw + 2 * PAD;
+            let ph = by1 - by0 + 1 + 2 * PAD;
+            // Only the frame needs zeroing: the copy overwrites the inside.
+            buf.resize(pw * ph, 0.0);
+            buf[..PAD * pw].fill(0.0);
+            buf[(ph - PAD) * pw..].fill(0.0);
+            let src_rows = src.pixels().chunks_exact(w).skip(by0);
+            for (dst, row) in buf[PAD * pw..]
+                .chunks_exact_mut(pw)
+                .zip(src_rows)
+                .take(ph - 2 * PAD)
+            {
+                dst[..PAD].fill(0.0);
+                dst[PAD + bw..].fill(0.0);
+                for (d, &p) in dst[PAD..PAD + bw].iter_mut().zip(&row[bx0..=bx1]) {
+                    *d = f32::from(p) * (1.0 / 255.0);
+                }
+            }
+            let buf = &buf[..];
+            let ox = bx0 as f64 - PAD as f64;
+            let oy = by0 as f64 - PAD as f64;
+            // A sample can be non-zero only if its 2×2 footprint meets the box, i.e. its
+            // source coordinate is in (b0 − 1, b1 + 1). Sample where it is within
+            // [b0 − 1.5, b1 + 1.5] (the half-pixel margin absorbs rounding in the span
+            // computation); in buffer coordinates that is [0.5, p − 1.5], whose footprint
+            // [0, p − 1] lies in the buffer.
+            let (ulo, uhi) = (0.5, pw as f64 - 1.5);
+            let (vlo, vhi) = (0.5, ph as f64 - 1.5);
+            let (du, dv) = (m[0][0], m[1][0]);
+            // Along a row the buffer coordinates step in 32.32 fixed point: exact integer
+            // adds, floor by a shift, weight from the low word, and no float-to-int
+            // conversions in the loop. Quantisation error: ~1e-8 px over a row. (A step too
+            // large for the format only occurs when the span is a single pixel.)
+            let (su, sv) = (to_fixed(du), to_fixed(dv));
+            let last = (w - 1) as f64;
+            for (y, row) in out.chunks_exact_mut(w).enumerate() {
+                let fy = y as f64;
+                let ru = m[0][1] * fy + m[0][2] - ox;
+                let rv = m[1][1] * fy + m[1][2] - oy;
+                let (mut t0, mut t1) = (0.0f64, last);
+                for (r, d, lo, hi) in [(ru, du, ulo, uhi), (rv, dv, vlo, vhi)] {
+                    if d == 0.0 {
+                        if !(lo..=hi).contains(&r) {
+                            t1 = -1.0;
+                        }
+                    } else {
+                        let (a, b) = ((lo - r) / d, (hi - r) / d);
+                        t0 = t0.max(a.min(b));
+                        t1 = t1.min(a.max(b));
+                    }
+                }
+                // Pixels t0..=t1 (integers) are sampled; both are in [0, w − 1] if any is.
+                if t0 > t1 {
+                    row.fill(0.0);
+                    continue;
+                }
+                let (start, end) = (ceil_nonneg(t0), floor_nonneg(t1) + 1);
+                if start >= end {
+                    row.fill(0.0);
+                    continue;
+                }
+                row[..start].fill(0.0);
+                row[end..].fill(0.0);
+                let first = start as f64;
+                let mut u = to_fixed(ru + first * du);
+                let mut v = to_fixed(rv + first * dv);
+                for o in &mut row[start..end] {
+                    // u, v ≥ 0.5 − ε > 0 here, so the shift is floor.
+                    let (iu, iv) = ((u >> 32) as usize, (v >> 32) as usize);
+                    let wu = (u as u32) as f32 * FIXED_INV;
+                    let wv = (v as u32) as f32 * FIXED_INV;
+                    let base = iv * pw + iu;
+                    let r0 = &buf[base..base + 2];
+                    let r1 = &buf[base + pw..base + pw + 2];
+                    let top = r0[0] + wu * (r0[1] - r0[0]);
+                    let bot = r1[0] + wu * (r1[1] - r1[0]);
+                    *o = top + wv * (bot - top);
+                    u = u.wrapping_add(su);
+                    v = v.wrapping_add(sv);
+                }
+            }
+        }
+
+        /// 2⁻³², the weight of the low word of a 32.32 fixed-point coordinate.
+        const FIXED_INV: f32 = 1.0 / 4_294_967_296.0;
+
+        /// `x` in 32.32 fixed point (saturating).
+        fn to_fixed(x: f64) -> i64 {
+            (x * 4_294_967_296.0).round() as i64
+        }
+
+        /// `⌈t⌉` for `0 <= t < 2⁵²` (libm's `ceil` is a call on baseline x86-64).
+        fn ceil_nonneg(t: f64) -> usize {
+            let c = t as usize;
+            if (c as f64) < t { c + 1 } else { c }
+        }
+
+        /// `⌊t⌋` for `0 <= t < 2⁵²`.
+        fn floor_nonneg(t: f64) -> usize {
+            t as usize
+        }
+    }
 
     /// Straightforward inverse-mapping bilinear warp over every pixel, in f64.
     fn reference(src: &GrayImage, params: &AffineParams) -> Vec<f32> {
@@ -989,6 +1254,111 @@ mod tests {
             }
         }
         assert!(worst <= 1e-6);
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    fn previous_warp(img: &GrayImage, params: &AffineParams) -> Vec<f32> {
+        let mut out = vec![f32::NAN; img.width() * img.height()];
+        previous::warp_into(img, params, &mut out);
+        out
+    }
+
+    #[test]
+    fn matches_the_previous_warp_bit_for_bit() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1505);
+        let koch = KochDistortion::PAPER;
+        for case in 0..1200 {
+            let (w, h) = match case % 6 {
+                0..=2 => (105, 105),
+                3 => (rng.random_range(1..=40), rng.random_range(1..=40)),
+                4 => (64, 23),
+                _ => (2, 3),
+            };
+            let img = match case % 5 {
+                0 => noise(&mut rng, w, h, 0.3),
+                1 => noise(&mut rng, w, h, 1.0),
+                2 => noise(&mut rng, w, h, 0.002),
+                _ if w >= 20 && h >= 20 => synthetic_glyph(&mut rng, w, h),
+                _ => noise(&mut rng, w, h, 0.1),
+            };
+            let params = if case % 2 == 0 {
+                koch.sample(&mut rng)
+            } else {
+                wide_params(&mut rng)
+            };
+            assert!(
+                same_bits(&warp(&img, &params), &previous_warp(&img, &params)),
+                "case {case} ({w}x{h}, {params:?})"
+            );
+        }
+    }
+
+    /// The same on real characters: a tenth of the background set, each under three
+    /// transforms of the paper's distribution (every component on for one) and one
+    /// wider one.
+    #[test]
+    fn matches_the_previous_warp_bit_for_bit_on_omniglot() {
+        let root = siamese_tests::extracted_dataset();
+        let index = crate::DatasetIndex::scan(&root.join("images_background")).unwrap();
+        let data = index.load().unwrap();
+        let always = KochDistortion {
+            p_include: 1.0,
+            ..KochDistortion::PAPER
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(105);
+        let mut compared = 0;
+        for img in data.images().iter().step_by(10) {
+            for params in [
+                KochDistortion::PAPER.sample(&mut rng),
+                KochDistortion::PAPER.sample(&mut rng),
+                always.sample(&mut rng),
+                wide_params(&mut rng),
+            ] {
+                assert!(
+                    same_bits(&warp(img, &params), &previous_warp(img, &params)),
+                    "{params:?}"
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 4 * 1928);
+    }
+
+    #[test]
+    fn ink_table_matches_the_float_conversion() {
+        let mut bytes = GrayImage::blank(256, 1);
+        for (p, v) in bytes.pixels_mut().iter_mut().zip(0u8..=255) {
+            *p = v;
+        }
+        let mut want = vec![0.0; 256];
+        bytes.write_f32(&mut want);
+        assert!(same_bits(&INK, &want));
+    }
+
+    #[test]
+    fn ink_bbox_finds_the_extremes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..500 {
+            let (w, h) = (rng.random_range(1..=40), rng.random_range(1..=12));
+            let density = rng.random_range(0.0..0.05);
+            let img = noise(&mut rng, w, h, density);
+            let inked: Vec<(usize, usize)> = (0..h)
+                .flat_map(|y| (0..w).map(move |x| (x, y)))
+                .filter(|&(x, y)| img.get(x, y) != 0)
+                .collect();
+            let want = (!inked.is_empty()).then(|| {
+                (
+                    inked.iter().map(|p| p.0).min().unwrap(),
+                    inked.iter().map(|p| p.1).min().unwrap(),
+                    inked.iter().map(|p| p.0).max().unwrap(),
+                    inked.iter().map(|p| p.1).max().unwrap(),
+                )
+            });
+            assert_eq!(ink_bbox(&img), want, "{w}x{h}");
+        }
     }
 
     #[test]

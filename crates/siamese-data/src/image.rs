@@ -66,10 +66,22 @@ impl GrayImage {
 /// inverted, so Omniglot's black strokes on white become 255 on 0. Transparent pixels
 /// count as paper.
 ///
-/// Grayscale images of up to 8 bits (Omniglot's are 1-bit) are unpacked here from the
-/// raw rows: the `png` crate's generic expansion costs about four times the rest of
-/// the decoding for such small images.
+/// Plain grayscale PNGs of up to 8 bits (Omniglot's are 1-bit, ~250 bytes) take a
+/// direct path: the chunks are walked and checked (CRC) here, the image data is
+/// inflated in one call with a reused per-thread zlib-rs state, and the rows are
+/// unfiltered and unpacked in place. The `png` crate's streaming decoder costs several
+/// times that for such small files (its set-up and Huffman tables dominate). Anything
+/// that path does not take, or that does not decode cleanly on it, goes through the
+/// `png` crate, so the result (or the error) is always the crate's.
 pub fn decode_png(bytes: &[u8], path: &Path) -> Result<GrayImage, DataError> {
+    if let Some(image) = decode_plain_gray(bytes) {
+        return Ok(image);
+    }
+    decode_png_generic(bytes, path)
+}
+
+/// [`decode_png`] through the `png` crate only.
+pub fn decode_png_generic(bytes: &[u8], path: &Path) -> Result<GrayImage, DataError> {
     let bad = |reason: String| DataError::Decode {
         path: path.to_path_buf(),
         reason,
@@ -118,28 +130,223 @@ pub fn decode_png(bytes: &[u8], path: &Path) -> Result<GrayImage, DataError> {
 /// Unpacks raw grayscale rows of `depth` ∈ {1, 2, 4, 8} bits into inverted 8-bit ink.
 fn unpack_gray(buf: &[u8], line_size: usize, width: usize, depth: u8) -> Vec<u8> {
     let rows = buf.chunks_exact(line_size);
-    let mut out = Vec::with_capacity(width * rows.len());
+    let mut out = vec![0; width * rows.len()];
+    for (dst, row) in out.chunks_exact_mut(width.max(1)).zip(rows) {
+        unpack_gray_row(row, depth, dst);
+    }
+    out
+}
+
+/// Unpacks one raw grayscale row (`depth` ∈ {1, 2, 4, 8} bits, most significant
+/// first) into inverted 8-bit ink, one byte per pixel of `out`.
+fn unpack_gray_row(row: &[u8], depth: u8, out: &mut [u8]) {
     if depth == 1 {
-        for row in rows {
-            let start = out.len();
-            for &byte in row {
-                out.extend_from_slice(&ONE_BIT_INK[usize::from(byte)]);
-            }
-            out.truncate(start + width);
+        let (whole, tail) = out.as_chunks_mut::<8>();
+        let n = whole.len();
+        for (dst, &byte) in whole.iter_mut().zip(row) {
+            *dst = ONE_BIT_INK[usize::from(byte)];
         }
-        return out;
+        if let Some(&byte) = row.get(n) {
+            for (t, &ink) in tail.iter_mut().zip(&ONE_BIT_INK[usize::from(byte)]) {
+                *t = ink;
+            }
+        }
+        return;
     }
     let per_byte = 8 / usize::from(depth);
     let max = (1u16 << depth) - 1;
-    for row in rows {
-        for x in 0..width {
-            let byte = row[x / per_byte];
-            let shift = 8 - usize::from(depth) * (x % per_byte + 1);
-            let value = u16::from(byte >> shift) & max;
-            out.push(255 - (value * 255 / max) as u8);
-        }
+    for (x, o) in out.iter_mut().enumerate() {
+        let byte = row[x / per_byte];
+        let shift = 8 - usize::from(depth) * (x % per_byte + 1);
+        let value = u16::from(byte >> shift) & max;
+        *o = 255 - (value * 255 / max) as u8;
     }
-    out
+}
+
+/// The largest width or height the direct path takes (larger images are left to the
+/// `png` crate, which bounds its own allocations).
+const PLAIN_MAX_SIDE: usize = 1 << 14;
+
+/// The PNG signature.
+const PNG_SIGNATURE: [u8; 8] = [137, 80, 78, 71, 13, 10, 26, 10];
+
+/// The direct path of [`decode_png`]: a non-interlaced grayscale PNG of 1, 2, 4 or 8
+/// bits whose chunks are IHDR, ancillary chunks (skipped, as the `png` crate does
+/// without transformations), consecutive IDATs and an empty IEND ending the file, each
+/// with a correct CRC, and whose zlib stream (checked by its Adler-32) inflates to
+/// exactly the rows the header announces, each with a valid filter type. `None` for
+/// anything else.
+fn decode_plain_gray(bytes: &[u8]) -> Option<GrayImage> {
+    let mut rest = bytes.strip_prefix(&PNG_SIGNATURE)?;
+    let (kind, ihdr) = next_chunk(&mut rest)?;
+    if kind != *b"IHDR" || ihdr.len() != 13 {
+        return None;
+    }
+    let width = u32::from_be_bytes(ihdr[0..4].try_into().ok()?) as usize;
+    let height = u32::from_be_bytes(ihdr[4..8].try_into().ok()?) as usize;
+    let (depth, color, compression, filter, interlace) =
+        (ihdr[8], ihdr[9], ihdr[10], ihdr[11], ihdr[12]);
+    if !matches!(depth, 1 | 2 | 4 | 8)
+        || color != 0
+        || compression != 0
+        || filter != 0
+        || interlace != 0
+        || !(1..=PLAIN_MAX_SIDE).contains(&width)
+        || !(1..=PLAIN_MAX_SIDE).contains(&height)
+    {
+        return None;
+    }
+    PLAIN_SCRATCH.with_borrow_mut(|scratch| {
+        let PlainScratch {
+            idat,
+            raw,
+            inflater,
+        } = scratch;
+        // The image data: one IDAT chunk in place, or several joined.
+        let mut single: Option<&[u8]> = None;
+        idat.clear();
+        let mut idat_done = false;
+        loop {
+            let (kind, data) = next_chunk(&mut rest)?;
+            match &kind {
+                b"IDAT" => {
+                    if idat_done {
+                        return None;
+                    }
+                    match single.take() {
+                        None if idat.is_empty() => single = Some(data),
+                        Some(first) => {
+                            idat.extend_from_slice(first);
+                            idat.extend_from_slice(data);
+                        }
+                        None => idat.extend_from_slice(data),
+                    }
+                }
+                b"IEND" if data.is_empty() && rest.is_empty() => break,
+                // Ancillary chunks (lower-case first letter) do not change the pixels
+                // of a grayscale image decoded without transformations.
+                _ if kind[0].is_ascii_lowercase() => {
+                    idat_done |= single.is_some() || !idat.is_empty();
+                }
+                _ => return None,
+            }
+        }
+        let data = single.unwrap_or(&idat[..]);
+        let line = (width * usize::from(depth)).div_ceil(8);
+        let stride = line + 1;
+        raw.clear();
+        raw.resize(stride * height, 0);
+        let inflater = inflater.get_or_insert_with(|| flate2::Decompress::new(true));
+        inflater.reset(true);
+        let status = inflater
+            .decompress(data, raw, flate2::FlushDecompress::Finish)
+            .ok()?;
+        if status != flate2::Status::StreamEnd || inflater.total_out() != raw.len() as u64 {
+            return None;
+        }
+        // Eight spare bytes: a 1-bit row is unpacked eight pixels at a time, its last
+        // byte spilling into the next row, which overwrites them.
+        let len = width * height;
+        let mut pixels = vec![0u8; len + 8];
+        let mut prev: &[u8] = &[];
+        for (y, row) in raw.chunks_exact_mut(stride).enumerate() {
+            let (filter, row) = row.split_first_mut()?;
+            unfilter_row(*filter, row, prev)?;
+            let start = y * width;
+            if depth == 1 {
+                let out = &mut pixels[start..start + 8 * row.len()];
+                for (dst, &byte) in out.as_chunks_mut::<8>().0.iter_mut().zip(row.iter()) {
+                    *dst = ONE_BIT_INK[usize::from(byte)];
+                }
+            } else {
+                unpack_gray_row(row, depth, &mut pixels[start..start + width]);
+            }
+            prev = row;
+        }
+        pixels.truncate(len);
+        GrayImage::from_pixels(width, height, pixels)
+    })
+}
+
+/// Splits the next chunk off `rest` as (type, data) after checking its CRC.
+fn next_chunk<'a>(rest: &mut &'a [u8]) -> Option<([u8; 4], &'a [u8])> {
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let body = rest.get(4..8 + len)?;
+    let crc = u32::from_be_bytes(rest.get(8 + len..12 + len)?.try_into().ok()?);
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    *rest = &rest[12 + len..];
+    let (kind, data) = body.split_at(4);
+    Some((kind.try_into().ok()?, data))
+}
+
+/// Reverses a PNG row filter (one byte per pixel, i.e. grayscale of at most 8 bits)
+/// in place; `prev` is the previous unfiltered row, empty for the first. `None` for
+/// an unknown filter type.
+fn unfilter_row(filter: u8, row: &mut [u8], prev: &[u8]) -> Option<()> {
+    let up = |i: usize| prev.get(i).copied().unwrap_or(0);
+    match filter {
+        0 => {}
+        1 => {
+            for i in 1..row.len() {
+                row[i] = row[i].wrapping_add(row[i - 1]);
+            }
+        }
+        2 => {
+            for (i, p) in row.iter_mut().enumerate() {
+                *p = p.wrapping_add(up(i));
+            }
+        }
+        3 => {
+            for i in 0..row.len() {
+                let left = if i > 0 { u16::from(row[i - 1]) } else { 0 };
+                row[i] = row[i].wrapping_add(((left + u16::from(up(i))) / 2) as u8);
+            }
+        }
+        4 => {
+            for i in 0..row.len() {
+                let (left, upleft) = if i > 0 {
+                    (row[i - 1], up(i - 1))
+                } else {
+                    (0, 0)
+                };
+                row[i] = row[i].wrapping_add(paeth(left, up(i), upleft));
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The Paeth predictor of the PNG specification.
+fn paeth(a: u8, b: u8, c: u8) -> u8 {
+    let (ia, ib, ic) = (i16::from(a), i16::from(b), i16::from(c));
+    let p = ia + ib - ic;
+    let (pa, pb, pc) = ((p - ia).abs(), (p - ib).abs(), (p - ic).abs());
+    if pa <= pb && pa <= pc {
+        a
+    } else if pb <= pc {
+        b
+    } else {
+        c
+    }
+}
+
+/// Per-thread buffers of the direct path.
+#[derive(Default)]
+struct PlainScratch {
+    /// The joined data of several IDAT chunks.
+    idat: Vec<u8>,
+    /// The inflated, filtered rows.
+    raw: Vec<u8>,
+    /// A zlib inflater, reset for each image.
+    inflater: Option<flate2::Decompress>,
+}
+
+thread_local! {
+    static PLAIN_SCRATCH: std::cell::RefCell<PlainScratch> =
+        std::cell::RefCell::new(PlainScratch::default());
 }
 
 /// Ink of the eight pixels of a 1-bit byte (most significant bit first; 1 = white).
@@ -264,6 +471,155 @@ mod tests {
             let expected: Vec<u8> = buf[..f.buffer_size()].iter().map(|&g| 255 - g).collect();
             assert_eq!(fast.pixels(), &expected[..], "{depth:?}");
         }
+    }
+
+    fn encode_filtered(
+        width: u32,
+        height: u32,
+        depth: png::BitDepth,
+        filter: png::Filter,
+        data: &[u8],
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = png::Encoder::new(&mut out, width, height);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(depth);
+        enc.set_filter(filter);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(data).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    /// A chunk with its length and CRC.
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+        out
+    }
+
+    /// The chunks of a PNG as (type, data).
+    fn chunks(png: &[u8]) -> Vec<([u8; 4], Vec<u8>)> {
+        let mut rest = &png[8..];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (kind, data) = next_chunk(&mut rest).unwrap();
+            out.push((kind, data.to_vec()));
+        }
+        out
+    }
+
+    fn assemble(parts: &[([u8; 4], Vec<u8>)]) -> Vec<u8> {
+        let mut out = PNG_SIGNATURE.to_vec();
+        for (kind, data) in parts {
+            out.extend(chunk(kind, data));
+        }
+        out
+    }
+
+    #[test]
+    fn direct_path_matches_the_png_crate() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let mut taken = 0;
+        for (depth, bits) in [
+            (png::BitDepth::One, 1),
+            (png::BitDepth::Two, 2),
+            (png::BitDepth::Four, 4),
+            (png::BitDepth::Eight, 8),
+        ] {
+            for filter in [
+                png::Filter::NoFilter,
+                png::Filter::Sub,
+                png::Filter::Up,
+                png::Filter::Avg,
+                png::Filter::Paeth,
+                png::Filter::Adaptive,
+            ] {
+                for width in [1u32, 3, 8, 11, 17, 105] {
+                    let height = rng.random_range(1..=9u32);
+                    let line = (width as usize * bits).div_ceil(8);
+                    let data: Vec<u8> = (0..line * height as usize).map(|_| rng.random()).collect();
+                    let bytes = encode_filtered(width, height, depth, filter, &data);
+                    let direct = decode_plain_gray(&bytes).expect("a plain grayscale PNG");
+                    let generic = decode_png_generic(&bytes, Path::new("t.png")).unwrap();
+                    assert_eq!(direct, generic, "{depth:?} {filter:?} {width}x{height}");
+                    taken += 1;
+                }
+            }
+        }
+        assert_eq!(taken, 4 * 6 * 6);
+    }
+
+    #[test]
+    fn split_image_data_and_ancillary_chunks_are_handled() {
+        let data: Vec<u8> = (0..14 * 30).map(|i| (i * 7 % 251) as u8).collect();
+        let bytes = encode_filtered(105, 30, png::BitDepth::One, png::Filter::Paeth, &data);
+        let want = decode_png_generic(&bytes, Path::new("t.png")).unwrap();
+        let parts = chunks(&bytes);
+        let idat = parts.iter().position(|(k, _)| k == b"IDAT").unwrap();
+        let mut split = parts.clone();
+        let (kind, whole) = split.remove(idat);
+        let third = whole.len() / 3;
+        for (i, piece) in [
+            &whole[..third],
+            &whole[third..2 * third],
+            &whole[2 * third..],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            split.insert(idat + i, (kind, piece.to_vec()));
+        }
+        split.insert(idat, (*b"tEXt", b"Comment\0hello".to_vec()));
+        split.insert(
+            split.len() - 1,
+            (*b"tIME", vec![7, 223, 10, 20, 18, 49, 29]),
+        );
+        let bytes = assemble(&split);
+        assert_eq!(decode_plain_gray(&bytes).as_ref(), Some(&want));
+        assert_eq!(decode_png(&bytes, Path::new("t.png")).unwrap(), want);
+
+        // An ancillary chunk between two IDATs is not valid PNG: left to the crate.
+        let mut interleaved = split.clone();
+        let second = interleaved.iter().rposition(|(k, _)| k == b"IDAT").unwrap();
+        interleaved.insert(second, (*b"tEXt", b"a\0b".to_vec()));
+        assert!(decode_plain_gray(&assemble(&interleaved)).is_none());
+    }
+
+    #[test]
+    fn damaged_files_are_left_to_the_png_crate() {
+        let data: Vec<u8> = (0..14 * 20).map(|i| (i * 13 % 256) as u8).collect();
+        let good = encode_filtered(105, 20, png::BitDepth::One, png::Filter::NoFilter, &data);
+        assert!(decode_plain_gray(&good).is_some());
+        let idat = good.windows(4).position(|w| w == b"IDAT").unwrap();
+        // A flipped bit in the image data: the chunk CRC no longer matches.
+        let mut bad_crc = good.clone();
+        bad_crc[idat + 6] ^= 0x10;
+        assert!(decode_plain_gray(&bad_crc).is_none());
+        assert_eq!(
+            decode_png(&bad_crc, Path::new("t.png")).is_err(),
+            decode_png_generic(&bad_crc, Path::new("t.png")).is_err()
+        );
+        // Truncated: no IEND.
+        let truncated = &good[..good.len() - 12];
+        assert!(decode_plain_gray(truncated).is_none());
+        // Data after IEND.
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(b"junk");
+        assert!(decode_plain_gray(&trailing).is_none());
+        // Other colour types and interlacing take the generic path.
+        let rgb = encode(2, 1, png::ColorType::Rgb, png::BitDepth::Eight, &[0; 6]);
+        assert!(decode_plain_gray(&rgb).is_none());
+        assert_eq!(
+            decode_png(&rgb, Path::new("t.png")).unwrap().pixels(),
+            &[255, 255]
+        );
     }
 
     #[test]

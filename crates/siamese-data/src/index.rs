@@ -13,6 +13,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::DataError;
+use crate::archive::{ArchiveLoadError, DecodeSource, SetArchive};
 use crate::image::{GrayImage, load_png};
 
 /// An alphabet and the range of its characters in [`DatasetIndex::characters`].
@@ -258,8 +259,39 @@ impl DatasetIndex {
         Ok(out)
     }
 
-    /// Decodes every image of the index into memory, in parallel.
+    /// Decodes every image of the index into memory, in parallel: from the set's
+    /// verified archive when its folder holds one (see [`crate::archive`]; the
+    /// fetcher keeps it), else file by file. Both give the same images.
     pub fn load(self) -> Result<Dataset, DataError> {
+        self.load_reporting().map(|(data, _)| data)
+    }
+
+    /// [`Self::load`], also saying where the images came from.
+    pub fn load_reporting(self) -> Result<(Dataset, DecodeSource), DataError> {
+        let why = match SetArchive::open(&self.root) {
+            Ok(None) => None,
+            Ok(Some(archive)) => match archive.decode(&self.root, &self.images) {
+                Ok(pixels) => {
+                    let data = Dataset {
+                        index: self,
+                        pixels,
+                    };
+                    return Ok((data, DecodeSource::Archive));
+                }
+                Err(ArchiveLoadError::Image(e)) => return Err(e),
+                Err(ArchiveLoadError::Unusable(why)) => Some(why),
+            },
+            Err(why) => Some(why),
+        };
+        if let Some(why) = why {
+            tracing::warn!("{why}: reading the image files instead");
+        }
+        self.load_files().map(|data| (data, DecodeSource::Files))
+    }
+
+    /// Decodes every image of the index from its own file (never from the archive),
+    /// in parallel.
+    pub fn load_files(self) -> Result<Dataset, DataError> {
         let pixels = self
             .images
             .par_iter()

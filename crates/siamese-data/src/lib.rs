@@ -11,6 +11,7 @@
 //! reverse (black ink on white paper); decoding inverts them, so that zero padding,
 //! the zero fill of distortions and the network's zero inputs all mean "no ink".
 
+pub mod archive;
 pub mod augment;
 pub mod digest;
 mod error;

@@ -40,16 +40,22 @@ fn components(name: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Where [`extract`] also copies every file it writes: an uncompressed zip (entries
+/// named `<set folder>/<path in the set>`) for [`crate::archive`].
+pub(crate) type Pack = zip::ZipWriter<std::io::BufWriter<File>>;
+
 /// Extracts the archive at `zip_path` (named `zip_label` in errors) so that the set's
 /// folder ends up at `root/<set folder>`. Every entry name is checked before anything
 /// is written; entries of top-folder archives outside the set's folder are skipped.
-/// Returns the number of files written.
+/// Every file written is also added, stored, to `pack` when given (`pack_path` names
+/// it in errors). Returns the number of files written.
 pub(crate) fn extract(
     zip_path: &Path,
     zip_label: &str,
     root: &Path,
     set: OmniglotSet,
     progress: bool,
+    mut pack: Option<(&mut Pack, &Path)>,
 ) -> Result<usize, FetchError> {
     let corrupt = |reason: String| FetchError::CorruptZip {
         zip: zip_label.to_owned(),
@@ -137,6 +143,19 @@ pub(crate) fn extract(
             made.insert(parent.to_path_buf());
         }
         fs::write(&path, &buf).map_err(|e| FetchError::io("write", &path, e))?;
+        if let Some((pack, pack_path)) = pack.as_mut() {
+            let stored = zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Stored);
+            let pack_error = |e: std::io::Error| FetchError::io("write", *pack_path, e);
+            let name = if set.zip_has_top_folder() {
+                parts.join("/")
+            } else {
+                format!("{}/{}", set.folder(), parts.join("/"))
+            };
+            pack.start_file(name, stored)
+                .map_err(|e| pack_error(std::io::Error::other(e)))?;
+            std::io::Write::write_all(pack, &buf).map_err(pack_error)?;
+        }
         written += 1;
     }
     bar.finish_and_clear();

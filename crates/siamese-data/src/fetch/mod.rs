@@ -12,8 +12,10 @@
 //! temporary folder beside the final one (`<dest>/.tmp-<folder>-<pid>-<n>`); the set is
 //! renamed into place only once verified, with a `.verified` marker holding its digest
 //! (the marker is neither a `.png` nor a `.txt`, so it does not count towards the
-//! digest). On every error the temporaries are removed, so the destination never holds
-//! a partial set. Concurrent fetches into the same destination are safe: the loser of
+//! digest). An image set also gets, inside its folder, an uncompressed zip of its files
+//! written while extracting, with a marker of its own ([`crate::archive`]), so that
+//! loading can decode straight from it. On every
+//! error the temporaries are removed, so the destination never holds a partial set. Concurrent fetches into the same destination are safe: the loser of
 //! the final rename finds the set present and verified.
 
 mod download;
@@ -29,6 +31,7 @@ pub use download::{ArchiveChecksum, Downloaded, download};
 pub use error::FetchError;
 pub use extract::unsafe_entry_reason;
 
+use crate::archive::{ARCHIVE_FILE, ARCHIVE_MARKER, marker_text};
 use crate::digest::{SetDigest, digest_set};
 use crate::sets::{MIRROR_ENV, OFFICIAL_BASE_URL, OmniglotSet};
 
@@ -334,8 +337,19 @@ fn fetch_set(options: &FetchOptions, set: OmniglotSet) -> Result<SetReport, Fetc
 
     let tmp = dest.join(format!(".tmp-{}-{pid}-{n}", set.folder()));
     let _tmp_guard = RemoveOnDrop(tmp.clone());
-    // `extract` creates the folder, after checking every entry name.
-    extract::extract(&zip_path, &location, &tmp, set, options.progress)?;
+    // `extract` creates the folder, after checking every entry name. For an image set
+    // it also writes the pack that loading decodes from (see `crate::archive`).
+    let pack_path = tmp.join(ARCHIVE_FILE);
+    let mut pack = if set.zip_has_top_folder() {
+        fs::create_dir_all(&tmp).map_err(|e| FetchError::io("create", &tmp, e))?;
+        let file =
+            fs::File::create(&pack_path).map_err(|e| FetchError::io("create", &pack_path, e))?;
+        Some(zip::ZipWriter::new(std::io::BufWriter::new(file)))
+    } else {
+        None
+    };
+    let pack_arg = pack.as_mut().map(|p| (p, pack_path.as_path()));
+    extract::extract(&zip_path, &location, &tmp, set, options.progress, pack_arg)?;
     let found = digest_set(&tmp, set)?;
     if !found.matches(set) {
         return Err(FetchError::ContentMismatch {
@@ -349,6 +363,9 @@ fn fetch_set(options: &FetchOptions, set: OmniglotSet) -> Result<SetReport, Fetc
     }
     let staged = tmp.join(set.folder());
     write_marker(&staged, set)?;
+    if let Some(pack) = pack {
+        install_pack(pack, &pack_path, &staged, set)?;
+    }
 
     // Install: move a previous (unverified or forced) copy aside, then rename.
     let _old_guard;
@@ -382,6 +399,33 @@ fn fetch_set(options: &FetchOptions, set: OmniglotSet) -> Result<SetReport, Fetc
         found.file_count
     );
     Ok(report(SetOutcome::Fetched { from: location }, found))
+}
+
+/// Finishes the pack [`extract`] wrote beside a verified image set, moves it into the
+/// set's folder and writes its marker (see [`crate::archive`]).
+fn install_pack(
+    pack: extract::Pack,
+    pack_path: &Path,
+    staged: &Path,
+    set: OmniglotSet,
+) -> Result<(), FetchError> {
+    let io_error = |e: std::io::Error| FetchError::io("write", pack_path, e);
+    let writer = pack
+        .finish()
+        .map_err(|e| io_error(std::io::Error::other(e)))?;
+    let file = writer.into_inner().map_err(|e| io_error(e.into_error()))?;
+    file.sync_all().map_err(io_error)?;
+    drop(file);
+    let kept = staged.join(ARCHIVE_FILE);
+    fs::rename(pack_path, &kept).map_err(|e| FetchError::io("move", pack_path, e))?;
+    let bytes = fs::read(&kept).map_err(|e| FetchError::io("read", &kept, e))?;
+    let marker = marker_text(&bytes, set.folder()).map_err(|e| {
+        io_error(std::io::Error::other(format!(
+            "the pack just written is not a readable zip: {e}"
+        )))
+    })?;
+    let path = staged.join(ARCHIVE_MARKER);
+    fs::write(&path, marker).map_err(|e| FetchError::io("write", &path, e))
 }
 
 fn write_marker(folder: &Path, set: OmniglotSet) -> Result<(), FetchError> {
