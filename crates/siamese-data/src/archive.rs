@@ -162,6 +162,7 @@ fn central_directory(zip: &[u8]) -> Result<CentralDirectory, ZipLayoutError> {
 
 /// The marker of a verified archive: its size, the CRC-32 of its central directory
 /// and the top folder whose files make up the set.
+#[cfg(feature = "fetch")]
 pub(crate) fn marker_text(zip: &[u8], top_folder: &str) -> Result<String, ZipLayoutError> {
     let cd = central_directory(zip)?;
     Ok(format!(

@@ -392,6 +392,19 @@ pub(crate) mod tests {
         Dataset::from_parts(index, images).unwrap()
     }
 
+    /// A configuration with small sets and batches for `objective` and `pairs`.
+    fn small_config(objective: Objective, pairs: PairSource) -> TrainConfig {
+        let mut c = TrainConfig::default();
+        c.train.objective = objective;
+        c.data.pairs = pairs;
+        c.data.koch_base_pairs = 10;
+        c.data.koch_distorted_copies = 2;
+        c.data.classes_per_batch = 3;
+        c.data.images_per_class = 2;
+        c.train.batch_pairs = 7;
+        c
+    }
+
     #[test]
     fn batches_depend_only_on_the_step() {
         let data = tiny_data(20);
@@ -400,14 +413,7 @@ pub(crate) mod tests {
             (Objective::Pairs, PairSource::Online),
             (Objective::Pairs, PairSource::KochSet),
         ] {
-            let mut c = TrainConfig::default();
-            c.train.objective = objective;
-            c.data.pairs = pairs;
-            c.data.koch_base_pairs = 10;
-            c.data.koch_distorted_copies = 2;
-            c.data.classes_per_batch = 3;
-            c.data.images_per_class = 2;
-            c.train.batch_pairs = 7;
+            let c = small_config(objective, pairs);
             let values = |b: Batch| -> Vec<f32> {
                 match b {
                     Batch::Pairs { left, right, .. } => Tensor::cat(&[left, right], 0)
@@ -465,14 +471,7 @@ pub(crate) mod tests {
             (Objective::AllPairs, PairSource::Online),
             (Objective::Pairs, PairSource::KochSet),
         ] {
-            let mut c = TrainConfig::default();
-            c.train.objective = objective;
-            c.data.pairs = pairs;
-            c.data.koch_base_pairs = 10;
-            c.data.koch_distorted_copies = 2;
-            c.data.classes_per_batch = 3;
-            c.data.images_per_class = 2;
-            c.train.batch_pairs = 7;
+            let c = small_config(objective, pairs);
             let mut direct = Sampler::new(&c, &data).unwrap();
             let expected: Vec<_> = (2..9)
                 .map(|s| values(direct.batch(&data, s, &Device::Cpu).unwrap()))
