@@ -209,7 +209,7 @@ impl TrainConfig {
     /// positive) drawn within one alphabet (hard negatives, like the one-shot trials),
     /// Koch's distortions, Adam at 10⁻⁴ (above the reference's 6·10⁻⁵: far fewer
     /// steps, and every step averages ~500 pair gradients), epochs of 50 steps each
-    /// followed by a 320-trial validation (about 2.5 minutes and 12 seconds with the
+    /// followed by a 320-trial validation (about 45 seconds and a few seconds with the
     /// fast CPU kernels on 2 cores), a 30-minute budget and a patience of 10
     /// validations.
     pub fn default_preset() -> Self {
