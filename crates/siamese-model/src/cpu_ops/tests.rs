@@ -372,38 +372,7 @@ fn finite_difference_gradients_of_a_tiny_network() -> Result<()> {
         let h = conv2d_bias_relu(&h, &p[3], &p[4], false, true)?;
         (h * &probe)?.sum_all()
     };
-    let vars = [&x, &w1, &b1, &w2, &b2]
-        .iter()
-        .map(|t| Var::from_tensor(t))
-        .collect::<Result<Vec<_>>>()?;
-    let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let grads = loss(&params)?.backward()?;
-    let eps = 1e-6;
-    for (i, v) in vars.iter().enumerate() {
-        let analytic = grads.get(v).unwrap().flatten_all()?.to_vec1::<f64>()?;
-        let base = v.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-        let mut numeric = vec![0f64; base.len()];
-        for (j, num) in numeric.iter_mut().enumerate() {
-            let at = |d: f64| -> Result<f64> {
-                let mut p = base.clone();
-                p[j] += d;
-                let mut ps: Vec<Tensor> = params.iter().map(|t| t.detach()).collect();
-                ps[i] = Tensor::from_vec(p, v.shape(), &Device::Cpu)?;
-                loss(&ps)?.to_scalar::<f64>()
-            };
-            *num = (at(eps)? - at(-eps)?) / (2.0 * eps);
-        }
-        let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = analytic
-            .iter()
-            .zip(&numeric)
-            .fold(0f64, |m, (a, n)| m.max((a - n).abs()));
-        assert!(
-            err <= 1e-6 * scale.max(1.0),
-            "param {i}: max error {err:e} (scale {scale})"
-        );
-    }
-    Ok(())
+    check_finite_differences(&[&x, &w1, &b1, &w2, &b2], loss)
 }
 
 /// Why [`max_pool2x2_stock`] exists: candle 0.11.1's `max_pool2d` backward scales the
@@ -515,38 +484,7 @@ fn finite_difference_gradients_of_a_tiny_network_fused() -> Result<()> {
         let h = conv2d_bias_relu(&h, &p[3], &p[4], false, true)?;
         (h * &probe)?.sum_all()
     };
-    let vars = [&x, &w1, &b1, &w2, &b2]
-        .iter()
-        .map(|t| Var::from_tensor(t))
-        .collect::<Result<Vec<_>>>()?;
-    let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let grads = loss(&params)?.backward()?;
-    let eps = 1e-6;
-    for (i, v) in vars.iter().enumerate() {
-        let analytic = grads.get(v).unwrap().flatten_all()?.to_vec1::<f64>()?;
-        let base = v.as_tensor().flatten_all()?.to_vec1::<f64>()?;
-        let mut numeric = vec![0f64; base.len()];
-        for (j, num) in numeric.iter_mut().enumerate() {
-            let at = |d: f64| -> Result<f64> {
-                let mut p = base.clone();
-                p[j] += d;
-                let mut ps: Vec<Tensor> = params.iter().map(|t| t.detach()).collect();
-                ps[i] = Tensor::from_vec(p, v.shape(), &Device::Cpu)?;
-                loss(&ps)?.to_scalar::<f64>()
-            };
-            *num = (at(eps)? - at(-eps)?) / (2.0 * eps);
-        }
-        let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = analytic
-            .iter()
-            .zip(&numeric)
-            .fold(0f64, |m, (a, n)| m.max((a - n).abs()));
-        assert!(
-            err <= 1e-6 * scale.max(1.0),
-            "param {i}: max error {err:e} (scale {scale})"
-        );
-    }
-    Ok(())
+    check_finite_differences(&[&x, &w1, &b1, &w2, &b2], loss)
 }
 
 /// The fused fully connected sigmoid layer against candle's `Linear` + `sigmoid`:
@@ -644,5 +582,45 @@ fn fft_backward_with_kept_spectra_is_identical() -> Result<()> {
     assert_eq!(with.dw, without.dw);
     assert_eq!(with.db, without.db);
     assert_eq!(with.dx, without.dx);
+    Ok(())
+}
+
+/// Central differences (step 10⁻⁶, f64) of the scalar `loss` against the gradients
+/// candle's autograd gives for each of `params`, to 10⁻⁶ of the largest derivative.
+fn check_finite_differences(
+    params: &[&Tensor],
+    loss: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
+    let vars = params
+        .iter()
+        .map(|t| Var::from_tensor(t))
+        .collect::<Result<Vec<_>>>()?;
+    let params: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let grads = loss(&params)?.backward()?;
+    let eps = 1e-6;
+    for (i, v) in vars.iter().enumerate() {
+        let analytic = grads.get(v).unwrap().flatten_all()?.to_vec1::<f64>()?;
+        let base = v.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+        let mut numeric = vec![0f64; base.len()];
+        for (j, num) in numeric.iter_mut().enumerate() {
+            let at = |d: f64| -> Result<f64> {
+                let mut p = base.clone();
+                p[j] += d;
+                let mut ps: Vec<Tensor> = params.iter().map(|t| t.detach()).collect();
+                ps[i] = Tensor::from_vec(p, v.shape(), &Device::Cpu)?;
+                loss(&ps)?.to_scalar::<f64>()
+            };
+            *num = (at(eps)? - at(-eps)?) / (2.0 * eps);
+        }
+        let scale = numeric.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = analytic
+            .iter()
+            .zip(&numeric)
+            .fold(0f64, |m, (a, n)| m.max((a - n).abs()));
+        assert!(
+            err <= 1e-6 * scale.max(1.0),
+            "param {i}: max error {err:e} (scale {scale})"
+        );
+    }
     Ok(())
 }
