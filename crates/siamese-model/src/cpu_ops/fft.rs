@@ -409,7 +409,10 @@ fn weight_blocks<T: Real>(fft: &Fft2<T>, dft: &KernelDft<T>, g: &ConvGeom, w: &[
     // R: column ci·2o + j takes kernel (j mod o, ci) from the first table if
     // `j < o` is `first_low`, else from the second.
     let spread = |first_low: bool| -> Vec<T> {
-        let mut r = vec![T::ZERO; 2 * kk * half];
+        // Mostly zeros, refilled: a reused buffer spares the page faults of 2 × 6 MB
+        // per call on conv2.
+        let mut r = reuse::take(2 * kk * half, T::ZERO);
+        r.fill(T::ZERO);
         for ci in 0..c {
             for oi in 0..o {
                 let kernel = &w[(oi * c + ci) * kk..][..kk];
@@ -446,6 +449,7 @@ fn weight_blocks<T: Real>(fft: &Fft2<T>, dft: &KernelDft<T>, g: &ConvGeom, w: &[
             false,
             par,
         );
+        reuse::give(r);
     }
     m
 }
