@@ -24,11 +24,10 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use rayon::prelude::*;
-
 use crate::DataError;
-use crate::image::{GrayImage, decode_png};
+use crate::image::{GrayImage, decode_png, png_dimensions};
 use crate::index::ImageEntry;
+use crate::packed::decode_packed;
 
 /// The archive kept inside a set's folder (hidden, so the index ignores it).
 pub const ARCHIVE_FILE: &str = ".archive.zip";
@@ -261,12 +260,17 @@ impl SetArchive {
                     })
             })
             .collect::<Result<Vec<Entry>, _>>()?;
-        images
-            .par_iter()
-            .zip(entries)
-            .map(|(image, entry)| {
+        decode_packed(
+            images.len(),
+            // Stored entries are the PNG itself; its header says the size.
+            |i| match entries[i].method {
+                0 => self.entry_data(&entries[i]).ok().and_then(png_dimensions),
+                _ => None,
+            },
+            |i| {
                 ENTRY_SCRATCH.with_borrow_mut(|scratch| {
-                    let bytes = self.entry_bytes(&entry, scratch).map_err(|reason| {
+                    let image = &images[i];
+                    let bytes = self.entry_bytes(&entries[i], scratch).map_err(|reason| {
                         ArchiveLoadError::Unusable(format!(
                             "{}, entry for {}: {reason}",
                             self.path.display(),
@@ -275,16 +279,12 @@ impl SetArchive {
                     })?;
                     decode_png(bytes, &image.path).map_err(ArchiveLoadError::Image)
                 })
-            })
-            .collect()
+            },
+        )
     }
 
-    /// The checked contents of one entry, inflated into `scratch` when deflated.
-    fn entry_bytes<'a>(
-        &'a self,
-        e: &Entry,
-        scratch: &'a mut EntryScratch,
-    ) -> Result<&'a [u8], String> {
+    /// The raw (possibly deflated) data of one entry, found through its local header.
+    fn entry_data(&self, e: &Entry) -> Result<&[u8], String> {
         const LOCAL: u32 = 0x0403_4b50;
         let zip = &self.bytes[..];
         let at = e.local_header;
@@ -294,9 +294,17 @@ impl SetArchive {
         let name_len = usize::from(u16_at(zip, at + 26).map_err(|e| e.0)?);
         let extra_len = usize::from(u16_at(zip, at + 28).map_err(|e| e.0)?);
         let start = at + 30 + name_len + extra_len;
-        let data = zip
-            .get(start..start + e.compressed)
-            .ok_or("entry data out of bounds")?;
+        zip.get(start..start + e.compressed)
+            .ok_or_else(|| "entry data out of bounds".into())
+    }
+
+    /// The checked contents of one entry, inflated into `scratch` when deflated.
+    fn entry_bytes<'a>(
+        &'a self,
+        e: &Entry,
+        scratch: &'a mut EntryScratch,
+    ) -> Result<&'a [u8], String> {
+        let data = self.entry_data(e)?;
         let bytes: &[u8] = match e.method {
             0 => data,
             8 => {

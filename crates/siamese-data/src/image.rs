@@ -1,15 +1,31 @@
 //! In-memory grayscale images (ink = 255, background = 0) and the PNG decoder.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::DataError;
+use crate::packed::PixelBlock;
 
 /// A grayscale image, row-major, one byte per pixel: 255 is full ink, 0 is background.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The pixels are the image's own or, for images loaded together, part of one block
+/// shared with the others (see [`crate::packed`]); cloning such an image is cheap, and
+/// writing to it first copies its pixels.
+#[derive(Clone)]
 pub struct GrayImage {
     width: usize,
     height: usize,
-    pixels: Vec<u8>,
+    pixels: Pixels,
+}
+
+#[derive(Clone)]
+enum Pixels {
+    Own(Vec<u8>),
+    /// `width * height` bytes of the block from `start`.
+    InBlock {
+        block: Arc<PixelBlock>,
+        start: usize,
+    },
 }
 
 impl GrayImage {
@@ -18,7 +34,7 @@ impl GrayImage {
         GrayImage {
             width,
             height,
-            pixels: vec![0; width * height],
+            pixels: Pixels::Own(vec![0; width * height]),
         }
     }
 
@@ -27,8 +43,31 @@ impl GrayImage {
         (pixels.len() == width * height).then_some(GrayImage {
             width,
             height,
-            pixels,
+            pixels: Pixels::Own(pixels),
         })
+    }
+
+    /// The image whose pixels are `width * height` bytes of `block` from `start`.
+    pub(crate) fn in_block(
+        width: usize,
+        height: usize,
+        block: Arc<PixelBlock>,
+        start: usize,
+    ) -> Self {
+        assert!(
+            start + width * height <= block.as_slice().len(),
+            "image beyond the end of its block"
+        );
+        GrayImage {
+            width,
+            height,
+            pixels: Pixels::InBlock { block, start },
+        }
+    }
+
+    /// Whether the pixels are part of a block shared with other images.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.pixels, Pixels::InBlock { .. })
     }
 
     pub fn width(&self) -> usize {
@@ -41,25 +80,66 @@ impl GrayImage {
 
     /// Row-major pixels, 255 = ink.
     pub fn pixels(&self) -> &[u8] {
-        &self.pixels
+        match &self.pixels {
+            Pixels::Own(p) => p,
+            Pixels::InBlock { block, start } => {
+                &block.as_slice()[*start..*start + self.width * self.height]
+            }
+        }
     }
 
+    /// Row-major pixels to write to (copied first if they are shared).
     pub fn pixels_mut(&mut self) -> &mut [u8] {
-        &mut self.pixels
+        if self.is_shared() {
+            self.pixels = Pixels::Own(self.pixels().to_vec());
+        }
+        match &mut self.pixels {
+            Pixels::Own(p) => p,
+            Pixels::InBlock { .. } => unreachable!("made the image's own above"),
+        }
     }
 
     /// Pixel at column `x`, row `y`.
     pub fn get(&self, x: usize, y: usize) -> u8 {
-        self.pixels[y * self.width + x]
+        self.pixels()[y * self.width + x]
     }
 
     /// Writes the image as floats (ink = 1.0) into `out`, which must hold
     /// `width * height` values.
     pub fn write_f32(&self, out: &mut [f32]) {
-        for (o, &p) in out.iter_mut().zip(&self.pixels) {
+        for (o, &p) in out.iter_mut().zip(self.pixels()) {
             *o = f32::from(p) * (1.0 / 255.0);
         }
     }
+}
+
+impl PartialEq for GrayImage {
+    fn eq(&self, other: &Self) -> bool {
+        (self.width, self.height) == (other.width, other.height) && self.pixels() == other.pixels()
+    }
+}
+
+impl Eq for GrayImage {}
+
+impl std::fmt::Debug for GrayImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrayImage")
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("pixels", &self.pixels())
+            .finish()
+    }
+}
+
+/// The (width, height) a PNG's header announces, if `bytes` start like a PNG.
+pub(crate) fn png_dimensions(bytes: &[u8]) -> Option<(usize, usize)> {
+    let rest = bytes.strip_prefix(&PNG_SIGNATURE)?;
+    if rest.get(4..8)? != b"IHDR" {
+        return None;
+    }
+    let width = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?);
+    let height = u32::from_be_bytes(rest.get(12..16)?.try_into().ok()?);
+    Some((width as usize, height as usize))
 }
 
 /// Decodes a PNG (any colour type and bit depth) into ink values: the luminance is
@@ -369,6 +449,14 @@ pub fn load_png(path: &Path) -> Result<GrayImage, DataError> {
     READ_BUFFER.with_borrow_mut(|buf| {
         let len = read_png_file(path, buf).map_err(|e| DataError::io(path, e))?;
         decode_png(&buf[..len], path)
+    })
+}
+
+/// Reads one PNG file's bytes (see [`read_png_file`]).
+pub(crate) fn read_png(path: &Path) -> Result<Vec<u8>, DataError> {
+    READ_BUFFER.with_borrow_mut(|buf| {
+        let len = read_png_file(path, buf).map_err(|e| DataError::io(path, e))?;
+        Ok(buf[..len].to_vec())
     })
 }
 

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::DataError;
 use crate::archive::{ArchiveLoadError, DecodeSource, SetArchive};
-use crate::image::{GrayImage, load_png};
+use crate::image::{GrayImage, decode_png, png_dimensions, read_png};
+use crate::packed::decode_packed;
 
 /// An alphabet and the range of its characters in [`DatasetIndex::characters`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,11 +293,15 @@ impl DatasetIndex {
     /// Decodes every image of the index from its own file (never from the archive),
     /// in parallel.
     pub fn load_files(self) -> Result<Dataset, DataError> {
-        let pixels = self
-            .images
-            .par_iter()
-            .map(|e| load_png(&e.path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let bytes: Vec<Result<Vec<u8>, DataError>> =
+            self.images.par_iter().map(|e| read_png(&e.path)).collect();
+        // Sequentially, so that the error reported is the first in image order.
+        let bytes = bytes.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let pixels = decode_packed(
+            bytes.len(),
+            |i| png_dimensions(&bytes[i]),
+            |i| decode_png(&bytes[i], &self.images[i].path),
+        )?;
         Ok(Dataset {
             index: self,
             pixels,

@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod image;
 pub mod index;
 pub mod lake;
+mod packed;
 pub mod sample;
 pub mod sets;
 pub mod split;

@@ -70,6 +70,9 @@ fn the_archive_gives_the_same_images_in_the_same_order_as_the_files() {
     let from_files = DatasetIndex::scan(&root).unwrap().load_files().unwrap();
     assert_eq!(from_archive.len(), SMALL.file_count());
     assert_same(&from_archive, &from_files);
+    // Both loads put the images into one shared block of memory.
+    assert!(from_archive.images().iter().all(|i| i.is_shared()));
+    assert!(from_files.images().iter().all(|i| i.is_shared()));
 
     // A selection (as the splits make) is served from the archive too.
     let part = DatasetIndex::scan(&root)
