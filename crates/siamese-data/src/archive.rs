@@ -25,7 +25,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use crate::DataError;
-use crate::image::{GrayImage, decode_png, png_dimensions};
+use crate::image::{GrayImage, decode_png_into, png_dimensions};
 use crate::index::ImageEntry;
 use crate::packed::decode_packed;
 
@@ -267,7 +267,7 @@ impl SetArchive {
                 0 => self.entry_data(&entries[i]).ok().and_then(png_dimensions),
                 _ => None,
             },
-            |i| {
+            |i, slot| {
                 ENTRY_SCRATCH.with_borrow_mut(|scratch| {
                     let image = &images[i];
                     let bytes = self.entry_bytes(&entries[i], scratch).map_err(|reason| {
@@ -277,7 +277,7 @@ impl SetArchive {
                             image.path.display()
                         ))
                     })?;
-                    decode_png(bytes, &image.path).map_err(ArchiveLoadError::Image)
+                    decode_png_into(bytes, &image.path, slot).map_err(ArchiveLoadError::Image)
                 })
             },
         )

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::DataError;
-use crate::packed::PixelBlock;
+use crate::packed::{Decoded, PixelBlock, Slot};
 
 /// A grayscale image, row-major, one byte per pixel: 255 is full ink, 0 is background.
 ///
@@ -160,6 +160,19 @@ pub fn decode_png(bytes: &[u8], path: &Path) -> Result<GrayImage, DataError> {
     decode_png_generic(bytes, path)
 }
 
+/// [`decode_png`] straight into `slot` when the image has the slot's size and takes
+/// the direct path (no allocation, no copy); else as a new image.
+pub(crate) fn decode_png_into(
+    bytes: &[u8],
+    path: &Path,
+    slot: Option<Slot<'_>>,
+) -> Result<Decoded, DataError> {
+    match plain_gray(bytes, slot) {
+        Some(decoded) => Ok(decoded),
+        None => decode_png_generic(bytes, path).map(Decoded::Image),
+    }
+}
+
 /// [`decode_png`] through the `png` crate only.
 pub fn decode_png_generic(bytes: &[u8], path: &Path) -> Result<GrayImage, DataError> {
     let bad = |reason: String| DataError::Decode {
@@ -257,6 +270,14 @@ const PNG_SIGNATURE: [u8; 8] = [137, 80, 78, 71, 13, 10, 26, 10];
 /// exactly the rows the header announces, each with a valid filter type. `None` for
 /// anything else.
 fn decode_plain_gray(bytes: &[u8]) -> Option<GrayImage> {
+    match plain_gray(bytes, None)? {
+        Decoded::Image(image) => Some(image),
+        Decoded::InSlot => None,
+    }
+}
+
+/// [`decode_plain_gray`], writing into `slot` when the image has its size.
+fn plain_gray(bytes: &[u8], slot: Option<Slot<'_>>) -> Option<Decoded> {
     let mut rest = bytes.strip_prefix(&PNG_SIGNATURE)?;
     let (kind, ihdr) = next_chunk(&mut rest)?;
     if kind != *b"IHDR" || ihdr.len() != 13 {
@@ -324,27 +345,33 @@ fn decode_plain_gray(bytes: &[u8]) -> Option<GrayImage> {
         if status != flate2::Status::StreamEnd || inflater.total_out() != raw.len() as u64 {
             return None;
         }
-        // Eight spare bytes: a 1-bit row is unpacked eight pixels at a time, its last
-        // byte spilling into the next row, which overwrites them.
-        let len = width * height;
-        let mut pixels = vec![0u8; len + 8];
+        let mut own = Vec::new();
+        let (pixels, in_slot) = match slot {
+            Some(Slot {
+                pixels,
+                width: w,
+                height: h,
+            }) if (w, h) == (width, height) => (pixels, true),
+            _ => {
+                own.resize(width * height, 0);
+                (&mut own[..], false)
+            }
+        };
         let mut prev: &[u8] = &[];
-        for (y, row) in raw.chunks_exact_mut(stride).enumerate() {
+        for (row, out) in raw
+            .chunks_exact_mut(stride)
+            .zip(pixels.chunks_exact_mut(width))
+        {
             let (filter, row) = row.split_first_mut()?;
             unfilter_row(*filter, row, prev)?;
-            let start = y * width;
-            if depth == 1 {
-                let out = &mut pixels[start..start + 8 * row.len()];
-                for (dst, &byte) in out.as_chunks_mut::<8>().0.iter_mut().zip(row.iter()) {
-                    *dst = ONE_BIT_INK[usize::from(byte)];
-                }
-            } else {
-                unpack_gray_row(row, depth, &mut pixels[start..start + width]);
-            }
+            unpack_gray_row(row, depth, out);
             prev = row;
         }
-        pixels.truncate(len);
-        GrayImage::from_pixels(width, height, pixels)
+        Some(if in_slot {
+            Decoded::InSlot
+        } else {
+            Decoded::Image(GrayImage::from_pixels(width, height, own)?)
+        })
     })
 }
 

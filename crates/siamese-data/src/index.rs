@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::DataError;
 use crate::archive::{ArchiveLoadError, DecodeSource, SetArchive};
-use crate::image::{GrayImage, decode_png, png_dimensions, read_png};
+use crate::image::{GrayImage, decode_png_into, png_dimensions, read_png};
 use crate::packed::decode_packed;
 
 /// An alphabet and the range of its characters in [`DatasetIndex::characters`].
@@ -300,7 +300,7 @@ impl DatasetIndex {
         let pixels = decode_packed(
             bytes.len(),
             |i| png_dimensions(&bytes[i]),
-            |i| decode_png(&bytes[i], &self.images[i].path),
+            |i, slot| decode_png_into(&bytes[i], &self.images[i].path, slot),
         )?;
         Ok(Dataset {
             index: self,

@@ -71,6 +71,22 @@ impl std::fmt::Debug for PixelBlock {
     }
 }
 
+/// An image's place in a block: its pixels and the size they are for.
+pub(crate) struct Slot<'a> {
+    pub(crate) pixels: &'a mut [u8],
+    pub(crate) width: usize,
+    pub(crate) height: usize,
+}
+
+/// What a decoder given a [`Slot`] did.
+pub(crate) enum Decoded {
+    /// It wrote the image into the slot.
+    InSlot,
+    /// It made a new image (of another size, or from a path that cannot write in
+    /// place).
+    Image(GrayImage),
+}
+
 /// Where one decoded image went.
 enum Placed {
     /// Into its slot of the block, with this size.
@@ -82,13 +98,15 @@ enum Placed {
 /// Decodes `count` images in parallel, in order, into one shared block.
 ///
 /// `size(i)` is the (width, height) image `i` will have when known beforehand (a
-/// PNG's header says it), `None` otherwise; `decode(i)` decodes it. An image whose
-/// size was unknown or turns out different keeps its own memory, so the result is
-/// always exactly what `decode` gave. The first error (in image order) is returned.
+/// PNG's header says it), `None` otherwise; `decode(i, slot)` decodes it, into `slot`
+/// (image `i`'s place in the block, when its size was known) or as a new image. A
+/// new image of the slot's size is copied into it; one whose size was unknown or
+/// turns out different keeps its own memory. The result is always exactly what
+/// `decode` gave. The first error (in image order) is returned.
 pub(crate) fn decode_packed<E: Send>(
     count: usize,
     size: impl Fn(usize) -> Option<(usize, usize)>,
-    decode: impl Fn(usize) -> Result<GrayImage, E> + Sync,
+    decode: impl Fn(usize, Option<Slot<'_>>) -> Result<Decoded, E> + Sync,
 ) -> Result<Vec<GrayImage>, E> {
     let mut sizes: Vec<Option<(usize, usize)>> = (0..count)
         .map(|i| size(i).filter(|&(w, h)| w > 0 && h > 0 && w.checked_mul(h).is_some()))
@@ -119,13 +137,24 @@ pub(crate) fn decode_packed<E: Send>(
         .into_par_iter()
         .enumerate()
         .map(|(i, slot)| {
-            let image = decode(i)?;
-            let (w, h) = (image.width(), image.height());
-            Ok(if sizes[i] == Some((w, h)) {
-                slot.copy_from_slice(image.pixels());
-                Placed::InBlock(w, h)
-            } else {
-                Placed::Own(image)
+            let Some((width, height)) = sizes[i] else {
+                return match decode(i, None)? {
+                    Decoded::Image(image) => Ok(Placed::Own(image)),
+                    Decoded::InSlot => unreachable!("decoded into a slot it was not given"),
+                };
+            };
+            let place = Slot {
+                pixels: &mut *slot,
+                width,
+                height,
+            };
+            Ok(match decode(i, Some(place))? {
+                Decoded::InSlot => Placed::InBlock(width, height),
+                Decoded::Image(image) if (image.width(), image.height()) == (width, height) => {
+                    slot.copy_from_slice(image.pixels());
+                    Placed::InBlock(width, height)
+                }
+                Decoded::Image(image) => Placed::Own(image),
             })
         })
         .collect();
@@ -166,8 +195,21 @@ mod tests {
             2 => Some((3, 4)),
             _ => Some((want[i].width(), want[i].height())),
         };
-        let got =
-            decode_packed(want.len(), announced, |i| Ok::<_, String>(want[i].clone())).unwrap();
+        // Odd images are written into their slots when they have one.
+        let got = decode_packed(want.len(), announced, |i, slot| {
+            Ok::<_, String>(match slot {
+                Some(Slot {
+                    pixels,
+                    width,
+                    height,
+                }) if i % 2 == 1 && (width, height) == (want[i].width(), want[i].height()) => {
+                    pixels.copy_from_slice(want[i].pixels());
+                    Decoded::InSlot
+                }
+                _ => Decoded::Image(want[i].clone()),
+            })
+        })
+        .unwrap();
         assert_eq!(got, want);
         assert!(got[3].is_shared() && got[4].is_shared());
         assert!(!got[0].is_shared() && !got[2].is_shared());
@@ -186,16 +228,16 @@ mod tests {
         let got = decode_packed(
             50,
             |_| Some((2, 2)),
-            |i| {
+            |i, _| {
                 if i == 17 || i == 33 {
                     Err(i)
                 } else {
-                    Ok(image(0, 2, 2))
+                    Ok(Decoded::Image(image(0, 2, 2)))
                 }
             },
         );
         assert_eq!(got.unwrap_err(), 17);
-        let none: Result<Vec<GrayImage>, ()> = decode_packed(0, |_| None, |_| unreachable!());
+        let none: Result<Vec<GrayImage>, ()> = decode_packed(0, |_| None, |_, _| unreachable!());
         assert!(none.unwrap().is_empty());
     }
 
@@ -204,7 +246,7 @@ mod tests {
         let got = decode_packed(
             2,
             |_| Some((usize::MAX / 4, 3)),
-            |_| Ok::<_, ()>(image(1, 1, 1)),
+            |_, _| Ok::<_, ()>(Decoded::Image(image(1, 1, 1))),
         )
         .unwrap();
         assert_eq!(got, vec![image(1, 1, 1); 2]);
