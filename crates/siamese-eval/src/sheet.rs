@@ -108,19 +108,19 @@ pub fn save_sheet(
     let name = path
         .file_name()
         .ok_or_else(|| EvalError::Invalid(format!("{} is not a file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = sheet
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| EvalError::Invalid(format!("cannot write {}: {e}", path.display())))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    // A temporary file beside the sheet, renamed over it once complete; removed when
+    // dropped, i.e. on any failure before.
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.to_string_lossy()))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    sheet
+        .save_with_format(tmp.path(), image::ImageFormat::Png)
+        .map_err(|e| EvalError::Invalid(format!("cannot write {}: {e}", path.display())))?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// Copies image `id` of the set into the sheet at (x, y), ink dark on white paper,

@@ -19,7 +19,7 @@
 //! print(safetensors.safe_open('model.safetensors','np').metadata())"` shows the rest.
 //!
 //! # Atomicity
-//! [`SiameseNet::save`] writes a temporary file `.NAME.tmp-PID` in the destination
+//! [`SiameseNet::save`] writes a temporary file `.NAME.XXXXXX.tmp` in the destination
 //! folder, flushes it to disk, then renames it over `NAME`: a reader sees the old
 //! checkpoint or the new one, never a partial file. On failure the temporary file is
 //! removed.
@@ -207,7 +207,12 @@ impl SiameseNet {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&dir).map_err(io_err("creating the folder of", path))?;
-        let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+        // Removed when dropped, i.e. on any failure before the rename.
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{file_name}."))
+            .suffix(".tmp")
+            .tempfile_in(&dir)
+            .map_err(io_err("creating a temporary file beside", path))?;
 
         let tensors = self
             .named_tensors()
@@ -230,25 +235,23 @@ impl SiameseNet {
             ("provenance".to_string(), provenance.to_string()),
         ]);
 
-        let write = || -> Result<(), ModelError> {
-            safetensors::serialize_to_file(tensors, Some(metadata), &tmp).map_err(|e| match e {
+        let tmp_path = tmp.path().to_path_buf();
+        safetensors::serialize_to_file(tensors, Some(metadata), &tmp_path).map_err(
+            |e| match e {
                 safetensors::SafeTensorError::IoError(source) => ModelError::Io {
                     action: "writing",
-                    path: tmp.clone(),
+                    path: tmp_path.clone(),
                     source,
                 },
-                other => corrupt(&tmp, other.to_string()),
-            })?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err("flushing", &tmp))?;
-            std::fs::rename(&tmp, path).map_err(io_err("renaming the temporary file to", path))
-        };
-        let result = write();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
+                other => corrupt(&tmp_path, other.to_string()),
+            },
+        )?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err("flushing", &tmp_path))?;
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .map_err(io_err("renaming the temporary file to", path))?;
         tracing::debug!("saved {} to {}", self.config(), path.display());
         Ok(())
     }

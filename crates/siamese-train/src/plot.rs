@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 use crate::metrics::MetricLine;
+use crate::run::replace_file;
 
 const FONT: &str = "sans-serif";
 
@@ -92,26 +93,12 @@ pub fn draw_plots(dir: &Path, lines: &[MetricLine]) -> Result<Vec<PathBuf>, Stri
     Ok(written)
 }
 
+/// Draws a PNG into place atomically (see [`replace_file`]).
 fn atomic_png(
     path: &Path,
     draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
 ) -> Result<(), String> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // The extension stays .png: the encoder picks the format by it.
-    let tmp = dir.join(format!(".{stem}.tmp-{}.png", std::process::id()));
-    let result = draw(&tmp)
-        .map_err(|e| format!("drawing {}: {e}", path.display()))
-        .and_then(|()| {
-            std::fs::rename(&tmp, path).map_err(|e| format!("renaming to {}: {e}", path.display()))
-        });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    replace_file(path, draw).map_err(|e| format!("drawing {}: {e}", path.display()))
 }
 
 const SIZE: (u32, u32) = (900, 540);

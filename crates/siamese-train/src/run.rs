@@ -165,29 +165,36 @@ impl RunDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, flushed,
-/// then renamed over `path`.
+/// Writes `bytes` to `path` atomically (see [`replace_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    use std::io::Write;
+    replace_file(path, |tmp| std::fs::write(tmp, bytes)).map_err(TrainError::io("writing", path))
+}
+
+/// Replaces `path` with what `write` writes to the path it is given: a temporary file
+/// in the same folder (hidden, with `path`'s extension, for writers that choose the
+/// format by it), flushed to disk and renamed over `path`. A reader sees the old file
+/// or the new one, never a partial one; on failure the temporary file is removed.
+pub fn replace_file<E: From<std::io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(TrainError::io("writing", path))
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{stem}."))
+        .suffix(&ext)
+        .tempfile_in(dir)?;
+    write(tmp.path())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// `YYYY-MM-DDTHH-MM-SS` in UTC (a file-name-safe ISO 8601).
