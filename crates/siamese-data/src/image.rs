@@ -479,14 +479,6 @@ pub fn load_png(path: &Path) -> Result<GrayImage, DataError> {
     })
 }
 
-/// Reads one PNG file's bytes (see [`read_png_file`]).
-pub(crate) fn read_png(path: &Path) -> Result<Vec<u8>, DataError> {
-    READ_BUFFER.with_borrow_mut(|buf| {
-        let len = read_png_file(path, buf).map_err(|e| DataError::io(path, e))?;
-        Ok(buf[..len].to_vec())
-    })
-}
-
 thread_local! {
     /// Each loader thread reuses one buffer for the file bytes.
     static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };

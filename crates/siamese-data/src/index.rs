@@ -14,8 +14,7 @@ use serde::Serialize;
 
 use crate::DataError;
 use crate::archive::{ArchiveLoadError, DecodeSource, SetArchive};
-use crate::image::{GrayImage, decode_png_into, png_dimensions, read_png};
-use crate::packed::decode_packed;
+use crate::image::{GrayImage, load_png};
 
 /// An alphabet and the range of its characters in [`DatasetIndex::characters`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,15 +292,13 @@ impl DatasetIndex {
     /// Decodes every image of the index from its own file (never from the archive),
     /// in parallel.
     pub fn load_files(self) -> Result<Dataset, DataError> {
-        let bytes: Vec<Result<Vec<u8>, DataError>> =
-            self.images.par_iter().map(|e| read_png(&e.path)).collect();
-        // Sequentially, so that the error reported is the first in image order.
-        let bytes = bytes.into_iter().collect::<Result<Vec<_>, _>>()?;
-        let pixels = decode_packed(
-            bytes.len(),
-            |i| png_dimensions(&bytes[i]),
-            |i, slot| decode_png_into(&bytes[i], &self.images[i].path, slot),
-        )?;
+        // Each file read and decoded in one go (reading them all first, to size a
+        // shared block as the archive path does, measured ~10% slower).
+        let pixels = self
+            .images
+            .par_iter()
+            .map(|e| load_png(&e.path))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Dataset {
             index: self,
             pixels,
