@@ -449,12 +449,11 @@ static INK: [f32; 256] = {
 /// # Panics
 /// If `out.len() != src.width() * src.height()`.
 pub fn warp_into(src: &GrayImage, params: &AffineParams, out: &mut [f32]) {
-    warp_into_with(src, params, out, simd_available());
+    warp_into_with(src, params, out, true);
 }
 
-/// [`warp_into`] with the sampling kernel chosen: the AVX2 one if `simd` (which the
-/// caller has checked the CPU runs), the portable one otherwise. Both give the same
-/// bits.
+/// [`warp_into`] with the sampling kernel chosen: the AVX2 one if `simd` and the CPU
+/// has AVX2, the portable one otherwise. Both give the same bits.
 fn warp_into_with(src: &GrayImage, params: &AffineParams, out: &mut [f32], simd: bool) {
     let (w, h) = (src.width(), src.height());
     assert_eq!(out.len(), w * h, "warp_into: output length");
@@ -542,7 +541,7 @@ fn last_nonzero(row: &[u8]) -> Option<usize> {
 }
 
 /// The general warp, given the inverse matrix and the ink box; `simd` picks the AVX2
-/// kernel (the caller has checked that the CPU has it).
+/// kernel where the CPU has it.
 fn warp_bbox(
     src: &GrayImage,
     m: &[[f64; 3]; 2],
@@ -572,7 +571,9 @@ fn warp_bbox(
     {
         dst[PAD..PAD + bw].copy_from_slice(&row[bx0..=bx1]);
     }
-    let simd = simd && simd_fits(bytes.len());
+    // Checked here (a cached look-up) so that the unsafe call below relies on nothing
+    // its callers promise.
+    let simd = simd && simd_available() && simd_fits(bytes.len());
     if !simd {
         // Which 2×2 footprints hold ink (the last row and column are never a
         // footprint's top-left corner and stay 0). The AVX2 kernel needs no map: it
@@ -616,9 +617,7 @@ fn warp_bbox(
     };
     #[cfg(target_arch = "x86_64")]
     if simd {
-        debug_assert!(avx2::available());
-        // SAFETY: `warp_into` asks for the AVX2 kernel only where `simd_available()`
-        // found AVX2.
+        // SAFETY: `simd` implies that `simd_available()` found AVX2 on this CPU.
         unsafe { avx2::warp_rows(bytes, pw, pairs, &rows, out) };
         return;
     }
