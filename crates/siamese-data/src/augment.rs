@@ -1355,30 +1355,38 @@ mod tests {
         }
     }
 
+    /// Case `case` of the randomised warp tests: Koch-sized, small and odd-sized
+    /// images of noise at several densities or glyphs, under the paper's distortions or
+    /// wide ones.
+    fn random_case(rng: &mut ChaCha8Rng, case: usize) -> (GrayImage, AffineParams) {
+        let (w, h) = match case % 6 {
+            0..=2 => (105, 105),
+            3 => (rng.random_range(1..=40), rng.random_range(1..=40)),
+            4 => (64, 23),
+            _ => (2, 3),
+        };
+        let img = match case % 5 {
+            0 => noise(rng, w, h, 0.3),
+            1 => noise(rng, w, h, 1.0),
+            2 => noise(rng, w, h, 0.002),
+            _ if w >= 20 && h >= 20 => synthetic_glyph(rng, w, h),
+            _ => noise(rng, w, h, 0.1),
+        };
+        let params = if case.is_multiple_of(2) {
+            KochDistortion::PAPER.sample(rng)
+        } else {
+            wide_params(rng)
+        };
+        (img, params)
+    }
+
     #[test]
     fn fast_path_matches_reference() {
         let mut rng = ChaCha8Rng::seed_from_u64(2015);
-        let koch = KochDistortion::PAPER;
         let mut worst = 0.0f32;
         for case in 0..600 {
-            let (w, h) = match case % 6 {
-                0..=2 => (105, 105),
-                3 => (rng.random_range(1..=40), rng.random_range(1..=40)),
-                4 => (64, 23),
-                _ => (2, 3),
-            };
-            let img = match case % 5 {
-                0 => noise(&mut rng, w, h, 0.3),
-                1 => noise(&mut rng, w, h, 1.0),
-                2 => noise(&mut rng, w, h, 0.002),
-                _ if w >= 20 && h >= 20 => synthetic_glyph(&mut rng, w, h),
-                _ => noise(&mut rng, w, h, 0.1),
-            };
-            let params = if case % 2 == 0 {
-                koch.sample(&mut rng)
-            } else {
-                wide_params(&mut rng)
-            };
+            let (img, params) = random_case(&mut rng, case);
+            let (w, h) = (img.width(), img.height());
             let d = max_abs_diff(&warp(&img, &params), &reference(&img, &params));
             assert!(d <= 1e-6, "case {case} ({w}x{h}, {params:?}): {d}");
             worst = worst.max(d);
@@ -1408,32 +1416,22 @@ mod tests {
         out
     }
 
+    /// The warp (with the AVX2 kernel where the CPU has it) and the portable kernel,
+    /// forced, against the previous warp.
     #[test]
     fn matches_the_previous_warp_bit_for_bit() {
         let mut rng = ChaCha8Rng::seed_from_u64(1505);
-        let koch = KochDistortion::PAPER;
         for case in 0..1200 {
-            let (w, h) = match case % 6 {
-                0..=2 => (105, 105),
-                3 => (rng.random_range(1..=40), rng.random_range(1..=40)),
-                4 => (64, 23),
-                _ => (2, 3),
-            };
-            let img = match case % 5 {
-                0 => noise(&mut rng, w, h, 0.3),
-                1 => noise(&mut rng, w, h, 1.0),
-                2 => noise(&mut rng, w, h, 0.002),
-                _ if w >= 20 && h >= 20 => synthetic_glyph(&mut rng, w, h),
-                _ => noise(&mut rng, w, h, 0.1),
-            };
-            let params = if case % 2 == 0 {
-                koch.sample(&mut rng)
-            } else {
-                wide_params(&mut rng)
-            };
+            let (img, params) = random_case(&mut rng, case);
+            let (w, h) = (img.width(), img.height());
+            let want = previous_warp(&img, &params);
             assert!(
-                same_bits(&warp(&img, &params), &previous_warp(&img, &params)),
+                same_bits(&warp(&img, &params), &want),
                 "case {case} ({w}x{h}, {params:?})"
+            );
+            assert!(
+                same_bits(&warp_with(&img, &params, false), &want),
+                "portable kernel, case {case} ({w}x{h}, {params:?})"
             );
         }
     }
@@ -1473,37 +1471,6 @@ mod tests {
         let mut out = vec![f32::NAN; img.width() * img.height()];
         warp_into_with(img, params, &mut out, simd);
         out
-    }
-
-    /// The portable kernel, forced, against the previous warp: it is what other CPUs
-    /// run, and what the AVX2 kernel is checked against.
-    #[test]
-    fn scalar_kernel_matches_the_previous_warp_bit_for_bit() {
-        let mut rng = ChaCha8Rng::seed_from_u64(1506);
-        for case in 0..600 {
-            let (w, h) = match case % 4 {
-                0 | 1 => (105, 105),
-                2 => (rng.random_range(1..=40), rng.random_range(1..=40)),
-                _ => (3, 2),
-            };
-            let img = match case % 3 {
-                0 => noise(&mut rng, w, h, 0.3),
-                _ if w >= 20 && h >= 20 => synthetic_glyph(&mut rng, w, h),
-                _ => noise(&mut rng, w, h, 0.05),
-            };
-            let params = if case % 2 == 0 {
-                KochDistortion::PAPER.sample(&mut rng)
-            } else {
-                wide_params(&mut rng)
-            };
-            assert!(
-                same_bits(
-                    &warp_with(&img, &params, false),
-                    &previous_warp(&img, &params)
-                ),
-                "case {case} ({w}x{h}, {params:?})"
-            );
-        }
     }
 
     /// The AVX2 kernel against the portable one on many transforms and images: spans

@@ -70,12 +70,6 @@ impl PixelBlock {
     }
 }
 
-impl std::fmt::Debug for PixelBlock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PixelBlock({} bytes)", self.as_slice().len())
-    }
-}
-
 /// An image's place in a block: its pixels and the size they are for.
 pub(crate) struct Slot<'a> {
     pub(crate) pixels: &'a mut [u8],
