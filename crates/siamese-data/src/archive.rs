@@ -25,7 +25,7 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use crate::DataError;
-use crate::image::{GrayImage, decode_png_into, png_dimensions};
+use crate::image::{GrayImage, decode_png_into, png_layout};
 use crate::index::ImageEntry;
 use crate::packed::decode_packed;
 
@@ -264,7 +264,7 @@ impl SetArchive {
             images.len(),
             // Stored entries are the PNG itself; its header says the size.
             |i| match entries[i].method {
-                0 => self.entry_data(&entries[i]).ok().and_then(png_dimensions),
+                0 => self.entry_data(&entries[i]).ok().and_then(png_layout),
                 _ => None,
             },
             |i, slot| {

@@ -52,6 +52,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::GrayImage;
+use crate::image::unpack_bits;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -419,6 +420,8 @@ const PAD: usize = 2;
 struct Scratch {
     /// Zero-padded copy of the ink box.
     bytes: Vec<u8>,
+    /// A binary source's box rows, unpacked to a byte per pixel.
+    unpacked: Vec<u8>,
     /// `footprint[i]` is non-zero iff the 2×2 block of `bytes` whose top-left pixel is
     /// `i` holds ink.
     footprint: Vec<u8>,
@@ -477,14 +480,23 @@ fn warp_into_with(src: &GrayImage, params: &AffineParams, out: &mut [f32], simd:
 
 /// Inclusive ink bounding box `(x0, y0, x1, y1)`, or `None` for a blank image.
 fn ink_bbox(src: &GrayImage) -> Option<(usize, usize, usize, usize)> {
-    let w = src.width();
+    let layout = src.layout();
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-    for (y, row) in src.pixels().chunks_exact(w).enumerate() {
+    for (y, row) in src.bytes().chunks_exact(layout.row_bytes()).enumerate() {
         let Some(first) = first_nonzero(row) else {
             continue;
         };
-        // A row with ink has a last inked pixel too.
+        // A row with ink has a last inked byte too.
         let last = last_nonzero(row).unwrap_or(first);
+        let (first, last) = if layout.binary {
+            // Bits, the most significant first.
+            (
+                8 * first + row[first].leading_zeros() as usize,
+                8 * last + 7 - row[last].trailing_zeros() as usize,
+            )
+        } else {
+            (first, last)
+        };
         x0 = x0.min(first);
         x1 = x1.max(last);
         y0 = y0.min(y);
@@ -548,6 +560,7 @@ fn warp_bbox(
     (bx0, by0, bx1, by1): (usize, usize, usize, usize),
     Scratch {
         bytes,
+        unpacked,
         footprint,
         pairs,
     }: &mut Scratch,
@@ -563,13 +576,25 @@ fn warp_bbox(
     let len = pw * ph;
     bytes.clear();
     bytes.resize(len + TAIL, 0);
-    let src_rows = src.pixels().chunks_exact(w).skip(by0);
-    for (dst, row) in bytes[PAD * pw..]
+    let layout = src.layout();
+    let src_rows = src.bytes().chunks_exact(layout.row_bytes()).skip(by0);
+    let box_rows = bytes[PAD * pw..]
         .chunks_exact_mut(pw)
         .zip(src_rows)
-        .take(ph - 2 * PAD)
-    {
-        dst[PAD..PAD + bw].copy_from_slice(&row[bx0..=bx1]);
+        .take(ph - 2 * PAD);
+    if layout.binary {
+        // Unpack the bytes that hold the box's columns, then copy those columns.
+        let (first, last) = (bx0 / 8, bx1 / 8);
+        let skip = bx0 - 8 * first;
+        unpacked.resize(8 * (last - first + 1), 0);
+        for (dst, row) in box_rows {
+            unpack_bits(&row[first..=last], unpacked);
+            dst[PAD..PAD + bw].copy_from_slice(&unpacked[skip..skip + bw]);
+        }
+    } else {
+        for (dst, row) in box_rows {
+            dst[PAD..PAD + bw].copy_from_slice(&row[bx0..=bx1]);
+        }
     }
     // Checked here (a cached look-up) so that the unsafe call below relies on nothing
     // its callers promise.
@@ -982,7 +1007,8 @@ mod tests {
             buf.resize(pw * ph, 0.0);
             buf[..PAD * pw].fill(0.0);
             buf[(ph - PAD) * pw..].fill(0.0);
-            let src_rows = src.pixels().chunks_exact(w).skip(by0);
+            let pixels = src.pixels();
+            let src_rows = pixels.chunks_exact(w).skip(by0);
             for (dst, row) in buf[PAD * pw..]
                 .chunks_exact_mut(pw)
                 .zip(src_rows)
@@ -1225,7 +1251,7 @@ mod tests {
             // Bit-identical to the crate's plain conversion...
             assert_eq!(out, as_f32(&img));
             // ...which is p / 255 to within one rounding.
-            for (&o, &p) in out.iter().zip(img.pixels()) {
+            for (&o, &p) in out.iter().zip(img.pixels().iter()) {
                 assert!((o - f32::from(p) / 255.0).abs() <= 1e-7);
             }
         }
@@ -1244,7 +1270,7 @@ mod tests {
         distort_batch(&refs, &none, 99, &mut out);
         for (img, o) in imgs.iter().zip(out.chunks_exact(105 * 105)) {
             assert_eq!(o, as_f32(img).as_slice());
-            for (&o, &p) in o.iter().zip(img.pixels()) {
+            for (&o, &p) in o.iter().zip(img.pixels().iter()) {
                 assert!((o - f32::from(p) / 255.0).abs() <= 1e-7);
             }
         }
@@ -1433,6 +1459,51 @@ mod tests {
                 same_bits(&warp_with(&img, &params, false), &want),
                 "portable kernel, case {case} ({w}x{h}, {params:?})"
             );
+        }
+    }
+
+    /// A binary image (a bit per pixel) warps to the same bits as the same pixels kept
+    /// a byte each, with either kernel: the ink box found in bits and the box rows
+    /// unpacked from them, for widths that end rows mid-byte and ink on every border.
+    #[test]
+    fn binary_sources_warp_as_their_bytes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(1470);
+        let mut cases: Vec<(GrayImage, AffineParams)> = (0..900)
+            .map(|case| {
+                let (img, params) = random_case(&mut rng, case);
+                let (w, h) = (img.width(), img.height());
+                let px = img
+                    .pixels()
+                    .iter()
+                    .map(|&p| if p >= 128 { 255 } else { 0 })
+                    .collect();
+                (GrayImage::from_pixels(w, h, px).unwrap(), params)
+            })
+            .collect();
+        for w in 1..=17 {
+            let h = 1 + w % 5;
+            let mut img = GrayImage::blank(w, h);
+            for (x, y) in [(0, 0), (w - 1, 0), (0, h - 1), (w - 1, h - 1)] {
+                img.pixels_mut()[y * w + x] = 255;
+            }
+            cases.push((img.clone(), wide_params(&mut rng)));
+            cases.push((img, AffineParams::IDENTITY));
+        }
+        cases.push((GrayImage::blank(9, 4), wide_params(&mut rng)));
+        for (case, (bytes, params)) in cases.iter().enumerate() {
+            let bits = bytes.to_binary().expect("0 or 255");
+            assert!(bits.is_binary() && !bytes.is_binary());
+            assert_eq!(&bits, bytes);
+            let (w, h) = (bytes.width(), bytes.height());
+            for simd in [true, false] {
+                assert!(
+                    same_bits(
+                        &warp_with(&bits, params, simd),
+                        &warp_with(bytes, params, simd)
+                    ),
+                    "case {case} ({w}x{h}, simd {simd}, {params:?})"
+                );
+            }
         }
     }
 

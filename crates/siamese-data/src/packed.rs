@@ -1,13 +1,13 @@
 //! Many decoded images kept in one block of memory.
 //!
-//! Loading both Omniglot sets decodes 32,460 images of ~11 KB each: 358 MB that are
-//! new to the process. Given an allocation each, that memory is faulted in one 4 KiB
-//! page at a time as the decoder writes it, which here costs about as much as the
-//! decoding itself (180k images/s kept that way against 380k/s decoding into reused
-//! memory). So a load decodes into one block instead: an anonymous mapping that is
-//! faulted in ahead of use, a few MiB per call on every thread
-//! (`MADV_POPULATE_WRITE`), and that the images then share ([`GrayImage`] holds it
-//! by reference count).
+//! Loading both Omniglot sets decodes 32,460 images: 48 MB that are new to the
+//! process at a bit per pixel (358 MB at a byte per pixel, as they were kept before).
+//! Given an allocation each, that memory is faulted in one 4 KiB page at a time as
+//! the decoder writes it; at a byte per pixel that cost about as much as the decoding
+//! itself (180k images/s kept that way against 380k/s decoding into reused memory).
+//! So a load decodes into one block instead: an anonymous mapping that is faulted in
+//! ahead of use, a few MiB per call on every thread (`MADV_POPULATE_WRITE`), and that
+//! the images then share ([`GrayImage`] holds it by reference count).
 //!
 //! Transparent huge pages were measured too and are not used: on this project's
 //! virtual machines a fresh 2 MiB page often costs a host-side fault (freed 2 MiB
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::image::GrayImage;
+use crate::image::{GrayImage, Layout};
 
 /// Blocks smaller than this are plain heap memory.
 const MAPPED_MIN_LEN: usize = 2 << 20;
@@ -70,18 +70,17 @@ impl PixelBlock {
     }
 }
 
-/// An image's place in a block: its pixels and the size they are for.
+/// An image's place in a block: its bytes and the layout they are for.
 pub(crate) struct Slot<'a> {
     pub(crate) pixels: &'a mut [u8],
-    pub(crate) width: usize,
-    pub(crate) height: usize,
+    pub(crate) layout: Layout,
 }
 
 /// What a decoder given a [`Slot`] did.
 pub(crate) enum Decoded {
     /// It wrote the image into the slot.
     InSlot,
-    /// It made a new image (of another size, or from a path that cannot write in
+    /// It made a new image (of another layout, or from a path that cannot write in
     /// place).
     Image(GrayImage),
 }
@@ -110,44 +109,44 @@ fn populate(map: &memmap2::MmapMut) {
 
 /// Where one decoded image went.
 enum Placed {
-    /// Into its slot of the block, with this size.
-    InBlock(usize, usize),
-    /// Elsewhere: its size was not known beforehand, or was not the expected one.
+    /// Into its slot of the block, in this layout.
+    InBlock(Layout),
+    /// Elsewhere: its layout was not known beforehand, or was not the expected one.
     Own(GrayImage),
 }
 
 /// Decodes `count` images in parallel, in order, into one shared block.
 ///
-/// `size(i)` is the (width, height) image `i` will have when known beforehand (a
-/// PNG's header says it), `None` otherwise; `decode(i, slot)` decodes it, into `slot`
-/// (image `i`'s place in the block, when its size was known) or as a new image. A
-/// new image of the slot's size is copied into it; one whose size was unknown or
+/// `layout(i)` is the layout image `i` will have when known beforehand (a PNG's
+/// header says it), `None` otherwise; `decode(i, slot)` decodes it, into `slot`
+/// (image `i`'s place in the block, when its layout was known) or as a new image. A
+/// new image of the slot's layout is copied into it; one whose layout was unknown or
 /// turns out different keeps its own memory. The result is always exactly what
 /// `decode` gave. The first error (in image order) is returned.
 pub(crate) fn decode_packed<E: Send>(
     count: usize,
-    size: impl Fn(usize) -> Option<(usize, usize)>,
+    layout: impl Fn(usize) -> Option<Layout>,
     decode: impl Fn(usize, Option<Slot<'_>>) -> Result<Decoded, E> + Sync,
 ) -> Result<Vec<GrayImage>, E> {
-    let mut sizes: Vec<Option<(usize, usize)>> = (0..count)
-        .map(|i| size(i).filter(|&(w, h)| w > 0 && h > 0 && w.checked_mul(h).is_some()))
+    let mut layouts: Vec<Option<Layout>> = (0..count)
+        .map(|i| layout(i).filter(|l| l.width > 0 && l.height > 0 && l.checked_len().is_some()))
         .collect();
-    let total = sizes
+    let total = layouts
         .iter()
         .flatten()
-        .try_fold(0usize, |sum, (w, h)| sum.checked_add(w * h));
+        .try_fold(0usize, |sum, l| sum.checked_add(l.checked_len()?));
     // Sizes that cannot add up or be allocated (only forged headers say such sizes)
     // get no block: every image then keeps its own memory.
     let mut block = total.and_then(PixelBlock::zeroed);
     if block.is_none() {
-        sizes.fill(None);
+        layouts.fill(None);
     }
     let mut slots: Vec<&mut [u8]> = Vec::with_capacity(count);
     let mut starts = Vec::with_capacity(count);
     let mut rest = block.as_mut().map_or(&mut [][..], PixelBlock::as_mut_slice);
     let mut start = 0;
-    for s in &sizes {
-        let len = s.map_or(0, |(w, h)| w * h);
+    for l in &layouts {
+        let len = l.and_then(Layout::checked_len).unwrap_or(0);
         let (slot, tail) = rest.split_at_mut(len);
         slots.push(slot);
         starts.push(start);
@@ -158,7 +157,7 @@ pub(crate) fn decode_packed<E: Send>(
         .into_par_iter()
         .enumerate()
         .map(|(i, slot)| {
-            let Some((width, height)) = sizes[i] else {
+            let Some(layout) = layouts[i] else {
                 return match decode(i, None)? {
                     Decoded::Image(image) => Ok(Placed::Own(image)),
                     Decoded::InSlot => unreachable!("decoded into a slot it was not given"),
@@ -166,14 +165,13 @@ pub(crate) fn decode_packed<E: Send>(
             };
             let place = Slot {
                 pixels: &mut *slot,
-                width,
-                height,
+                layout,
             };
             Ok(match decode(i, Some(place))? {
-                Decoded::InSlot => Placed::InBlock(width, height),
-                Decoded::Image(image) if (image.width(), image.height()) == (width, height) => {
-                    slot.copy_from_slice(image.pixels());
-                    Placed::InBlock(width, height)
+                Decoded::InSlot => Placed::InBlock(layout),
+                Decoded::Image(image) if image.layout() == layout => {
+                    slot.copy_from_slice(image.bytes());
+                    Placed::InBlock(layout)
                 }
                 Decoded::Image(image) => Placed::Own(image),
             })
@@ -186,8 +184,8 @@ pub(crate) fn decode_packed<E: Send>(
         .into_iter()
         .zip(starts)
         .map(|(p, start)| match (p, &block) {
-            (Placed::InBlock(w, h), Some(block)) => {
-                GrayImage::in_block(w, h, Arc::clone(block), start)
+            (Placed::InBlock(layout), Some(block)) => {
+                GrayImage::in_block(layout, Arc::clone(block), start)
             }
             (Placed::Own(image), _) => image,
             (Placed::InBlock(..), None) => unreachable!("no image is placed without a block"),
@@ -206,25 +204,62 @@ mod tests {
         GrayImage::from_pixels(w, h, pixels).unwrap()
     }
 
+    /// Image `i` of the packing tests: a byte per pixel, or a bit per pixel when `i`
+    /// is a multiple of 5; 105 to 107 pixels wide, so that bit rows end mid-byte.
+    fn test_image(i: usize) -> GrayImage {
+        let (w, h) = (105 + i % 3, 105);
+        if i.is_multiple_of(5) {
+            let pixels = (0..w * h)
+                .map(|p| {
+                    if (p * 7 + i).is_multiple_of(3) {
+                        255
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let image = GrayImage::from_pixels(w, h, pixels)
+                .unwrap()
+                .to_binary()
+                .unwrap();
+            assert!(image.is_binary());
+            image
+        } else {
+            image(i as u8, w, h)
+        }
+    }
+
     #[test]
-    fn packed_images_equal_the_decoded_ones_whatever_the_announced_sizes() {
-        // Large enough for a mapped block, with sizes right, unknown and wrong.
-        let want: Vec<GrayImage> = (0..300).map(|i| image(i as u8, 105 + i % 3, 105)).collect();
-        let announced = |i: usize| match i % 7 {
-            0 => None,
-            1 => Some((want[i].height(), want[i].width())),
-            2 => Some((3, 4)),
-            _ => Some((want[i].width(), want[i].height())),
+    fn packed_images_equal_the_decoded_ones_whatever_the_announced_layouts() {
+        // Large enough for a mapped block, with layouts right, unknown, transposed,
+        // of another size and of the other form.
+        let want: Vec<GrayImage> = (0..300).map(test_image).collect();
+        let announced = |i: usize| {
+            let right = want[i].layout();
+            match i % 7 {
+                0 => None,
+                1 => Some(Layout {
+                    width: right.height,
+                    height: right.width,
+                    ..right
+                }),
+                2 => Some(Layout {
+                    width: 3,
+                    height: 4,
+                    binary: false,
+                }),
+                3 => Some(Layout {
+                    binary: !right.binary,
+                    ..right
+                }),
+                _ => Some(right),
+            }
         };
         // Odd images are written into their slots when they have one.
         let got = decode_packed(want.len(), announced, |i, slot| {
             Ok::<_, String>(match slot {
-                Some(Slot {
-                    pixels,
-                    width,
-                    height,
-                }) if i % 2 == 1 && (width, height) == (want[i].width(), want[i].height()) => {
-                    pixels.copy_from_slice(want[i].pixels());
+                Some(Slot { pixels, layout }) if i % 2 == 1 && layout == want[i].layout() => {
+                    pixels.copy_from_slice(want[i].bytes());
                     Decoded::InSlot
                 }
                 _ => Decoded::Image(want[i].clone()),
@@ -232,23 +267,36 @@ mod tests {
         })
         .unwrap();
         assert_eq!(got, want);
-        assert!(got[3].is_shared() && got[4].is_shared());
-        assert!(!got[0].is_shared() && !got[2].is_shared());
-        // Same size as announced only when not transposed.
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.layout(), w.layout());
+        }
+        assert!(got[4].is_shared() && got[5].is_shared() && got[5].is_binary());
+        assert!(!got[0].is_shared() && !got[2].is_shared() && !got[3].is_shared());
+        // Same layout as announced only when not transposed.
         assert_eq!(got[1].is_shared(), want[1].width() == want[1].height());
         // Writing to a shared image copies it; the block and its neighbours stay.
-        let mut edited = got[3].clone();
-        edited.pixels_mut()[0] ^= 0xff;
-        assert_ne!(edited, got[3]);
-        assert_eq!(got[3], want[3]);
+        for i in [4, 5] {
+            let mut edited = got[i].clone();
+            edited.pixels_mut()[0] ^= 0xff;
+            assert_ne!(edited, got[i]);
+            assert!(!edited.is_shared() && !edited.is_binary());
+        }
         assert_eq!(got[4], want[4]);
+        assert_eq!(got[5], want[5]);
+        assert_eq!(got[6], want[6]);
     }
 
     #[test]
     fn the_first_error_in_order_is_returned() {
         let got = decode_packed(
             50,
-            |_| Some((2, 2)),
+            |_| {
+                Some(Layout {
+                    width: 2,
+                    height: 2,
+                    binary: false,
+                })
+            },
             |i, _| {
                 if i == 17 || i == 33 {
                     Err(i)
@@ -266,7 +314,13 @@ mod tests {
     fn absurd_sizes_get_no_block() {
         let got = decode_packed(
             2,
-            |_| Some((usize::MAX / 4, 3)),
+            |_| {
+                Some(Layout {
+                    width: usize::MAX / 4,
+                    height: 3,
+                    binary: false,
+                })
+            },
             |_, _| Ok::<_, ()>(Decoded::Image(image(1, 1, 1))),
         )
         .unwrap();

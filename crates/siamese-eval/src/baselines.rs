@@ -26,8 +26,9 @@ impl PointSet {
     pub fn from_ink(image: &GrayImage, ink_threshold: u8) -> Self {
         let (w, h) = (image.width(), image.height());
         let (mut rows, mut cols) = (Vec::new(), Vec::new());
+        let pixels = image.pixels();
         for r in 0..h {
-            for (c, &p) in image.pixels()[r * w..(r + 1) * w].iter().enumerate() {
+            for (c, &p) in pixels[r * w..(r + 1) * w].iter().enumerate() {
                 if p >= ink_threshold {
                     rows.push(r as f64);
                     cols.push(c as f64);
