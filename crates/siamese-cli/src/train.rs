@@ -475,7 +475,7 @@ pub fn run(args: &TrainArgs, progress: bool) -> Result<()> {
         config.data.split,
         args.source.data.display()
     );
-    let data = TrainData::load(&config.data, &args.source.data).with_context(|| {
+    let data = TrainData::load(&config, &args.source.data).with_context(|| {
         format!(
             "loading the {} split from {}",
             config.data.split,

@@ -353,6 +353,31 @@ impl Dataset {
     pub fn character_of(&self, i: usize) -> usize {
         self.index.images[i].character
     }
+
+    /// The same data set with every image shrunk by `factor` ([`GrayImage::shrink`]),
+    /// in parallel; an error names the first image it does not divide.
+    pub fn shrink(&self, factor: usize) -> Result<Dataset, DataError> {
+        let pixels = self
+            .pixels
+            .par_iter()
+            .zip(&self.index.images)
+            .map(|(image, entry)| {
+                image.shrink(factor).ok_or_else(|| {
+                    DataError::Invalid(format!(
+                        "{} is {}×{}, which cannot be shrunk by {factor} (a whole factor \
+                         of both sides is needed)",
+                        entry.path.display(),
+                        image.width(),
+                        image.height()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Dataset {
+            index: self.index.clone(),
+            pixels,
+        })
+    }
 }
 
 impl DatasetIndex {

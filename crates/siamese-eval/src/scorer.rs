@@ -103,7 +103,9 @@ impl<S: OneShotScorer + ?Sized> OneShotScorer for &S {
 ///   more similar (the head).
 ///
 /// Features stay on the device; each batch of pairs is gathered with one
-/// `index_select` per side and scored with one call of `score`.
+/// `index_select` per side and scored with one call of `score`. With
+/// [`CandleScorer::with_input_size`], images larger than the network's input by a
+/// whole factor are shrunk to it first.
 ///
 /// ```ignore
 /// let scorer = CandleScorer::new("koch", device, |x| net.embed(x), |a, b| net.score(a, b));
@@ -113,6 +115,7 @@ pub struct CandleScorer<E, S> {
     device: Device,
     embed: E,
     score: S,
+    input_size: Option<usize>,
 }
 
 impl<E, S> CandleScorer<E, S>
@@ -126,11 +129,54 @@ where
             device,
             embed,
             score,
+            input_size: None,
         }
+    }
+
+    /// Shrinks images to `side × side` before embedding them when their side is a
+    /// whole multiple of it ([`GrayImage::shrink`]); other sizes are an error.
+    pub fn with_input_size(mut self, side: usize) -> Self {
+        self.input_size = Some(side);
+        self
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+}
+
+impl<E, S> CandleScorer<E, S> {
+    /// The images shrunk to the input size, or `None` when they have it (or none is
+    /// set).
+    fn shrink_to_input(&self, images: &[&GrayImage]) -> Result<Option<Vec<GrayImage>>, EvalError> {
+        let Some(side) = self.input_size else {
+            return Ok(None);
+        };
+        images
+            .iter()
+            .any(|i| (i.width(), i.height()) != (side, side))
+            .then(|| {
+                images
+                    .iter()
+                    .map(|i| {
+                        let factor = i.width() / side.max(1);
+                        i.shrink(factor)
+                            .filter(|s| (s.width(), s.height()) == (side, side))
+                            .ok_or_else(|| {
+                                EvalError::method(
+                                    &self.name,
+                                    format!(
+                                        "an image is {}×{}, the network takes {side}×{side}: \
+                                         not a whole factor smaller",
+                                        i.width(),
+                                        i.height()
+                                    ),
+                                )
+                            })
+                    })
+                    .collect()
+            })
+            .transpose()
     }
 }
 
@@ -146,7 +192,11 @@ where
     }
 
     fn embed(&self, images: &[&GrayImage]) -> Result<Tensor, EvalError> {
-        let x = images_to_tensor(images, &self.device)?;
+        let shrunk = self.shrink_to_input(images)?;
+        let x = match &shrunk {
+            Some(shrunk) => images_to_tensor(&shrunk.iter().collect::<Vec<_>>(), &self.device)?,
+            None => images_to_tensor(images, &self.device)?,
+        };
         let features = (self.embed)(&x)?;
         if features.rank() < 1 || features.rows() != images.len() {
             return Err(EvalError::method(

@@ -359,3 +359,39 @@ fn a_candle_network_plugs_in() {
     );
     assert!(evaluate(&bad, &set, &opts).is_err());
 }
+
+#[test]
+fn a_network_with_a_smaller_input_sees_the_images_shrunk() {
+    let data = common::labelled_dataset(3, 25);
+    let spec = TaskSpec {
+        way: 5,
+        shots: 1,
+        within_alphabet: true,
+    };
+    let set = TrialSet::tasks(&data, spec, 100, 7).unwrap();
+    let opts = options();
+    let toy = |name: &'static str| {
+        CandleScorer::new(
+            name,
+            Device::Cpu,
+            |x: &Tensor| {
+                // The tower only ever sees the network's input size.
+                assert_eq!(&x.dims()[1..], &[1, 2, 2]);
+                x.flatten_from(1)
+            },
+            |a: &Tensor, b: &Tensor| (a - b)?.sqr()?.sum(1)?.neg(),
+        )
+    };
+    let shrinking = evaluate(&toy("shrinking").with_input_size(2), &set, &opts).unwrap();
+    // The same trials on the data shrunk beforehand.
+    let shrunk = data.shrink(2).unwrap();
+    let set_shrunk = TrialSet::tasks(&shrunk, spec, 100, 7).unwrap();
+    let beforehand = evaluate(&toy("beforehand"), &set_shrunk, &opts).unwrap();
+    let choices =
+        |r: &siamese_eval::EvalReport| r.records.iter().map(|t| t.choice).collect::<Vec<_>>();
+    assert_eq!(choices(&shrinking), choices(&beforehand));
+    assert_eq!(shrinking.correct, beforehand.correct);
+    // 4×4 images cannot become 3×3: an error, naming the sizes.
+    let err = evaluate(&toy("odd").with_input_size(3), &set, &opts).unwrap_err();
+    assert!(err.to_string().contains("4×4"), "{err}");
+}

@@ -41,11 +41,39 @@ pub struct TrainData {
 
 impl TrainData {
     /// Loads the split's train and validation parts from `root` (e.g.
-    /// `data/omniglot`), which must hold the split's sets.
-    pub fn load(config: &DataConfig, root: &Path) -> Result<Self, TrainError> {
-        let train = config.split.index(Part::Train, root)?.load()?;
-        let validation = config.split.index(Part::Validation, root)?.load()?;
-        Ok(TrainData { train, validation })
+    /// `data/omniglot`), which must hold the split's sets, and fits them to the
+    /// network's input ([`TrainData::fit_to`]).
+    pub fn load(config: &TrainConfig, root: &Path) -> Result<Self, TrainError> {
+        let split = config.data.split;
+        let train = split.index(Part::Train, root)?.load()?;
+        let validation = split.index(Part::Validation, root)?.load()?;
+        TrainData { train, validation }.fit_to(config.model.input_size)
+    }
+
+    /// The data shrunk to the network's input side when the images' side is a whole
+    /// multiple of it (105×105 Omniglot for the 35×35 `koch35` tower: by 3); as it is
+    /// when the sides already agree; an error otherwise. Koch's distortions then act
+    /// on the shrunk images, so their translations are in its pixels.
+    pub fn fit_to(self, input_size: usize) -> Result<Self, TrainError> {
+        let Some(side) = self.train.images().first().map(GrayImage::width) else {
+            return Ok(self);
+        };
+        if side == input_size {
+            return Ok(self);
+        }
+        if input_size == 0 || side % input_size != 0 {
+            return Err(TrainError::Config(format!(
+                "the images are {side}×{side}, the network takes {input_size}×{input_size} \
+                 (model.input_size), which is not the images' side divided by a whole \
+                 factor: choose an architecture or input size that is"
+            )));
+        }
+        let factor = side / input_size;
+        tracing::info!("shrinking the {side}×{side} images by {factor} to the network's input");
+        Ok(TrainData {
+            train: self.train.shrink(factor)?,
+            validation: self.validation.shrink(factor)?,
+        })
     }
 
     /// Checks that the images fit the network's input.

@@ -314,3 +314,25 @@ fn early_stopping_ends_a_run() {
         (StopReason::EarlyStopping, 0)
     );
 }
+
+#[test]
+fn data_is_shrunk_to_a_smaller_network_input_by_a_whole_factor() {
+    let data = tiny_data();
+    let fitted = data.clone().fit_to(SIDE / 2).unwrap();
+    for (part, fitted) in [
+        (&data.train, &fitted.train),
+        (&data.validation, &fitted.validation),
+    ] {
+        assert_eq!(fitted.index().images(), part.index().images());
+        assert_eq!(fitted.images(), part.shrink(2).unwrap().images());
+        assert!(fitted.images().iter().all(|i| i.width() == SIDE / 2));
+    }
+    let same = data.clone().fit_to(SIDE).unwrap();
+    assert_eq!(same.train.images(), data.train.images());
+    for bad in [SIDE - 1, 2 * SIDE, 0] {
+        let Err(TrainError::Config(msg)) = data.clone().fit_to(bad) else {
+            panic!("input size {bad} accepted");
+        };
+        assert!(msg.contains("model.input_size"), "{msg}");
+    }
+}
