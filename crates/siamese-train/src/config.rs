@@ -44,16 +44,25 @@ pub enum Preset {
     /// The PyTorch reference's setup: Adam 6·10⁻⁵, all 20 drawers, online balanced
     /// pairs, batch 128.
     Reference,
+    /// The default preset on the 35×35 `koch35` tower (Omniglot shrunk by 3), whose
+    /// steps are ~8× faster on a CPU. See [`TrainConfig::small`].
+    Small,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::Default, Preset::Paper, Preset::Reference];
+    pub const ALL: [Preset; 4] = [
+        Preset::Default,
+        Preset::Paper,
+        Preset::Reference,
+        Preset::Small,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Preset::Default => "default",
             Preset::Paper => "paper",
             Preset::Reference => "reference",
+            Preset::Small => "small",
         }
     }
 }
@@ -64,7 +73,9 @@ impl std::str::FromStr for Preset {
         Preset::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown preset {s:?}: expected default, paper or reference"))
+            .ok_or_else(|| {
+                format!("unknown preset {s:?}: expected default, paper, reference or small")
+            })
     }
 }
 
@@ -200,6 +211,7 @@ impl TrainConfig {
             Preset::Default => TrainConfig::default_preset(),
             Preset::Paper => TrainConfig::paper(),
             Preset::Reference => TrainConfig::reference(),
+            Preset::Small => TrainConfig::small(),
         }
     }
 
@@ -252,6 +264,31 @@ impl TrainConfig {
                 seed: 0,
                 threads: None,
                 device: "auto".into(),
+            },
+        }
+    }
+
+    /// The default preset on the `koch35` tower: the images shrunk by 3 to 35×35, the
+    /// distortions' translations by 3 too (±2/3 px, the paper's ±2 px at 105×105), and
+    /// a patience of 40 validations (they take well under a second at this size, and
+    /// accuracy still climbs slowly after 3,000 steps).
+    pub fn small() -> Self {
+        let d = TrainConfig::default_preset();
+        let shift = KochDistortion::PAPER.translate_x[1] / 3.0;
+        TrainConfig {
+            preset: Preset::Small,
+            data: DataConfig {
+                distortion: KochDistortion {
+                    translate_x: [-shift, shift],
+                    translate_y: [-shift, shift],
+                    ..KochDistortion::PAPER
+                },
+                ..d.data
+            },
+            model: ModelConfig::new(Arch::Koch35),
+            train: TrainingConfig {
+                patience: 40,
+                ..d.train
             },
         }
     }
@@ -535,6 +572,20 @@ mod tests {
             assert_eq!(back, c);
             assert_eq!(p.name().parse::<Preset>().unwrap(), p);
         }
+        let small = TrainConfig::small();
+        assert_eq!(small.model, ModelConfig::new(Arch::Koch35));
+        assert_eq!(small.model.input_size, 35);
+        assert_eq!(small.data.distortion.translate_y, [-2.0 / 3.0, 2.0 / 3.0]);
+        assert_eq!(
+            (small.train.clone(), small.data.split),
+            (
+                TrainingConfig {
+                    patience: 40,
+                    ..TrainConfig::default_preset().train
+                },
+                SplitName::Koch
+            )
+        );
         let paper = TrainConfig::paper();
         assert_eq!(paper.train.optimizer, OptimizerKind::Sgd);
         assert_eq!(paper.data.koch_base_pairs, 150_000);
