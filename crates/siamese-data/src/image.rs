@@ -253,9 +253,7 @@ impl GrayImage {
             }
         }
     }
-}
 
-impl GrayImage {
     /// The image shrunk by a whole `factor` on both sides: each pixel the mean of a
     /// `factor × factor` block, rounded (Omniglot's 105×105 by 3 gives the 35×35
     /// images of Koch et al.'s §5.3). `None` unless `factor` is at least 1 and divides

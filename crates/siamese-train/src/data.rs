@@ -53,7 +53,7 @@ impl TrainData {
     /// The data shrunk to the network's input side when the images' side is a whole
     /// multiple of it (105×105 Omniglot for the 35×35 `koch35` tower: by 3); as it is
     /// when the sides already agree; an error otherwise. Koch's distortions then act
-    /// on the shrunk images, so their translations are in its pixels.
+    /// on the shrunk images, so their translations are in the shrunk pixels.
     pub fn fit_to(self, input_size: usize) -> Result<Self, TrainError> {
         let Some(side) = self.train.images().first().map(GrayImage::width) else {
             return Ok(self);
