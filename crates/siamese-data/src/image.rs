@@ -282,6 +282,15 @@ impl GrayImage {
         }
         GrayImage::from_pixels(sw, sh, out)
     }
+
+    /// The image shrunk to `side × side` by a whole factor ([`GrayImage::shrink`]);
+    /// `None` unless it is square and `side` divides its side.
+    pub fn shrink_to(&self, side: usize) -> Option<GrayImage> {
+        if side == 0 || self.width() != self.height() || !self.width().is_multiple_of(side) {
+            return None;
+        }
+        self.shrink(self.width() / side)
+    }
 }
 
 /// The float ink of a byte: 255 is 1.0.
@@ -1079,6 +1088,14 @@ mod tests {
         assert_eq!(one.shrink(2).unwrap().pixels()[..], [64]);
         assert!(image.shrink(0).is_none() && image.shrink(2).is_none());
         assert!(image.shrink(4).is_none());
+        // To a side: square images whose side it divides.
+        let square = GrayImage::from_pixels(6, 6, (0..36).collect()).unwrap();
+        assert_eq!(square.shrink_to(2), square.shrink(3));
+        assert_eq!(square.shrink_to(6), Some(square.clone()));
+        for side in [0, 4, 12] {
+            assert!(square.shrink_to(side).is_none(), "{side}");
+        }
+        assert!(image.shrink_to(1).is_none(), "not square");
     }
 
     #[test]

@@ -354,18 +354,19 @@ impl Dataset {
         self.index.images[i].character
     }
 
-    /// The same data set with every image shrunk by `factor` ([`GrayImage::shrink`]),
-    /// in parallel; an error names the first image it does not divide.
-    pub fn shrink(&self, factor: usize) -> Result<Dataset, DataError> {
+    /// The same data set with every image shrunk to `side × side` by a whole factor
+    /// ([`GrayImage::shrink_to`]), in parallel; an error names the first image that
+    /// cannot be.
+    pub fn shrink_to(&self, side: usize) -> Result<Dataset, DataError> {
         let pixels = self
             .pixels
             .par_iter()
             .zip(&self.index.images)
             .map(|(image, entry)| {
-                image.shrink(factor).ok_or_else(|| {
+                image.shrink_to(side).ok_or_else(|| {
                     DataError::Invalid(format!(
-                        "{} is {}×{}, which cannot be shrunk by {factor} (a whole factor \
-                         of both sides is needed)",
+                        "{} is {}×{}, which does not shrink to {side}×{side} by a whole \
+                         factor",
                         entry.path.display(),
                         image.width(),
                         image.height()

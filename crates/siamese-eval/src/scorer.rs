@@ -152,31 +152,22 @@ impl<E, S> CandleScorer<E, S> {
         let Some(side) = self.input_size else {
             return Ok(None);
         };
-        images
+        if images
             .iter()
-            .any(|i| (i.width(), i.height()) != (side, side))
-            .then(|| {
-                images
-                    .iter()
-                    .map(|i| {
-                        let factor = i.width() / side.max(1);
-                        i.shrink(factor)
-                            .filter(|s| (s.width(), s.height()) == (side, side))
-                            .ok_or_else(|| {
-                                EvalError::method(
-                                    &self.name,
-                                    format!(
-                                        "an image is {}×{}, the network takes {side}×{side}: \
-                                         not a whole factor smaller",
-                                        i.width(),
-                                        i.height()
-                                    ),
-                                )
-                            })
-                    })
-                    .collect()
+            .all(|i| (i.width(), i.height()) == (side, side))
+        {
+            return Ok(None);
+        }
+        let shrunk = images.iter().map(|i| {
+            i.shrink_to(side).ok_or_else(|| {
+                let (w, h) = (i.width(), i.height());
+                let why = format!(
+                    "an image is {w}×{h}, the network takes {side}×{side}: not a whole factor smaller"
+                );
+                EvalError::method(&self.name, why)
             })
-            .transpose()
+        });
+        shrunk.collect::<Result<_, _>>().map(Some)
     }
 }
 

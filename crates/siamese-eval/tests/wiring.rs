@@ -384,7 +384,7 @@ fn a_network_with_a_smaller_input_sees_the_images_shrunk() {
     };
     let shrinking = evaluate(&toy("shrinking").with_input_size(2), &set, &opts).unwrap();
     // The same trials on the data shrunk beforehand.
-    let shrunk = data.shrink(2).unwrap();
+    let shrunk = data.shrink_to(2).unwrap();
     let set_shrunk = TrialSet::tasks(&shrunk, spec, 100, 7).unwrap();
     let beforehand = evaluate(&toy("beforehand"), &set_shrunk, &opts).unwrap();
     let choices =

@@ -61,19 +61,23 @@ impl TrainData {
         if side == input_size {
             return Ok(self);
         }
-        if input_size == 0 || side % input_size != 0 {
-            return Err(TrainError::Config(format!(
-                "the images are {side}×{side}, the network takes {input_size}×{input_size} \
-                 (model.input_size), which is not the images' side divided by a whole \
-                 factor: choose an architecture or input size that is"
-            )));
-        }
-        let factor = side / input_size;
-        tracing::info!("shrinking the {side}×{side} images by {factor} to the network's input");
-        Ok(TrainData {
-            train: self.train.shrink(factor)?,
-            validation: self.validation.shrink(factor)?,
-        })
+        let fit = |data: &Dataset| {
+            data.shrink_to(input_size).map_err(|e| {
+                TrainError::Config(format!(
+                    "the network takes {input_size}×{input_size} images (model.input_size), \
+                     and {e}: choose an architecture or input size that divides the images' \
+                     side"
+                ))
+            })
+        };
+        let fitted = TrainData {
+            train: fit(&self.train)?,
+            validation: fit(&self.validation)?,
+        };
+        tracing::info!(
+            "shrank the {side}×{side} images to the network's {input_size}×{input_size}"
+        );
+        Ok(fitted)
     }
 
     /// Checks that the images fit the network's input.
