@@ -1,6 +1,8 @@
 //! A user's whole path through the CLI on a fresh data folder: fetch from the mirror
-//! (done by `train` itself), a few training steps, `eval --lake-runs` on the trained
-//! checkpoint, and `classify` on real Omniglot images.
+//! (done by `train` itself), a few training steps of the default preset (the
+//! batch-normalised tower on one-shot episodes, then its calibration),
+//! `eval --lake-runs` on the trained checkpoint, and `classify` on real Omniglot
+//! images.
 
 use siamese_tests::{mirror_dir, run_cli};
 
@@ -22,10 +24,6 @@ fn fetch_train_eval_classify() {
         runs_s,
         "--name",
         "e2e",
-        "--classes",
-        "4",
-        "--images-per-class",
-        "2",
         "--max-steps",
         "2",
         "--validation-trials",

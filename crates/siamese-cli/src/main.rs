@@ -52,6 +52,9 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);

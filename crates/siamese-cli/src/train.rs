@@ -101,7 +101,8 @@ pub struct TrainArgs {
     pub validation_seed: Option<u64>,
 
     // ---- model ----
-    /// Network: koch (105×105) or koch35 (35×35).
+    /// Network: koch (105×105), koch35 (35×35), conv4 (batch-normalised, 28×28) or
+    /// conv-bn-WIDTHxDEPTH (the conv4 family).
     #[arg(long, help_heading = "Model")]
     pub arch: Option<Arch>,
     /// Input side length [default: the architecture's].
@@ -113,7 +114,9 @@ pub struct TrainArgs {
     pub init: Option<siamese_model::InitScheme>,
 
     // ---- training ----
-    /// Objective: pairs (Koch's) or all-pairs (every pair of a K×M batch).
+    /// Objective: pairs (Koch's), all-pairs (every pair of a K×M batch) or episodes
+    /// (20-way one-shot episodes, 5 queries, 4 rotations; other shapes through
+    /// --config: `[train.objective.episodes]`).
     #[arg(long, value_parser = parse_objective, help_heading = "Training")]
     pub objective: Option<Objective>,
     /// Optimizer: sgd (Koch's layer-wise schedule), adam or adamw.

@@ -283,13 +283,136 @@ impl GrayImage {
         GrayImage::from_pixels(sw, sh, out)
     }
 
-    /// The image shrunk to `side × side` by a whole factor ([`GrayImage::shrink`]);
-    /// `None` unless it is square and `side` divides its side.
+    /// The square image shrunk to `side × side`: by [`GrayImage::shrink`] when `side`
+    /// divides its side (so those results are unchanged), else by
+    /// [`GrayImage::resize_area`] (Omniglot's 105×105 to 28×28, say). `None` unless
+    /// the image is square and `1 ≤ side ≤` its side.
     pub fn shrink_to(&self, side: usize) -> Option<GrayImage> {
-        if side == 0 || self.width() != self.height() || !self.width().is_multiple_of(side) {
+        let w = self.width();
+        if side == 0 || w != self.height() || side > w {
             return None;
         }
-        self.shrink(self.width() / side)
+        if w.is_multiple_of(side) {
+            self.shrink(w / side)
+        } else {
+            self.resize_area(side, side)
+        }
+    }
+
+    /// The image resampled to `width × height` by area (box) averaging: each output
+    /// pixel is the mean of the source pixels under its footprint, each weighted by
+    /// the fraction of it covered (so partly covered edge pixels count in part),
+    /// rounded to the nearest (halves up). Exact: the weights are whole numbers and
+    /// the sums integers, so a whole-factor shrink gives [`GrayImage::shrink`]'s
+    /// pixels and total ink is kept up to rounding. Works both ways (upscaling
+    /// repeats pixels, blending where a footprint straddles two). Separable: rows,
+    /// then columns. `None` for a zero size or an empty image.
+    pub fn resize_area(&self, width: usize, height: usize) -> Option<GrayImage> {
+        let (sw, sh) = (self.width(), self.height());
+        if width == 0 || height == 0 || sw == 0 || sh == 0 {
+            return None;
+        }
+        if (width, height) == (sw, sh) {
+            return Some(self.clone());
+        }
+        let (wx, wy) = (AreaWeights::new(sw, width), AreaWeights::new(sh, height));
+        let pixels = self.pixels();
+        // Horizontal pass: each source row to `width` sums, in units of 1/`width` of
+        // a source pixel (so at most 255 × `sw`).
+        let mut rows = vec![0u64; width * sh];
+        for (sums, row) in rows.chunks_exact_mut(width).zip(pixels.chunks_exact(sw)) {
+            for (x, sum) in sums.iter_mut().enumerate() {
+                let (start, weights) = wx.of(x);
+                *sum = weights
+                    .iter()
+                    .zip(&row[start..])
+                    .map(|(&w, &p)| w * u64::from(p))
+                    .sum();
+            }
+        }
+        // Vertical pass; the full weight of an output pixel is `sw × sh`.
+        let denom = (sw as u64) * (sh as u64);
+        let mut out = Vec::with_capacity(width * height);
+        let mut acc = vec![0u64; width];
+        for y in 0..height {
+            let (start, weights) = wy.of(y);
+            acc.fill(0);
+            for (&w, sums) in weights
+                .iter()
+                .zip(rows[start * width..].chunks_exact(width))
+            {
+                for (a, &s) in acc.iter_mut().zip(sums) {
+                    *a += w * s;
+                }
+            }
+            out.extend(acc.iter().map(|&a| ((2 * a + denom) / (2 * denom)) as u8));
+        }
+        GrayImage::from_pixels(width, height, out)
+    }
+
+    /// The image turned `quarter_turns` × 90° counter-clockwise (taken modulo 4); an
+    /// odd count swaps width and height. A binary image stays binary.
+    pub fn rotate90(&self, quarter_turns: u8) -> GrayImage {
+        let turns = quarter_turns % 4;
+        if turns == 0 {
+            return self.clone();
+        }
+        let (w, h) = (self.width(), self.height());
+        let src = self.pixels();
+        let (ow, oh) = if turns == 2 { (w, h) } else { (h, w) };
+        let mut out = vec![0u8; w * h];
+        for (y, row) in out.chunks_exact_mut(ow.max(1)).enumerate().take(oh) {
+            for (x, o) in row.iter_mut().enumerate() {
+                let (sx, sy) = match turns {
+                    1 => (w - 1 - y, x),
+                    2 => (w - 1 - x, h - 1 - y),
+                    _ => (y, h - 1 - x),
+                };
+                *o = src[sy * w + sx];
+            }
+        }
+        let rotated = GrayImage::from_pixels(ow, oh, out).expect("same pixel count");
+        if self.is_binary() {
+            rotated.to_binary().expect("the pixels of a binary image")
+        } else {
+            rotated
+        }
+    }
+}
+
+/// The weights of area resampling along one axis, `from` source pixels to `to`.
+/// Measured in units of 1/`to` of a source pixel, source pixel `i` spans
+/// `[i·to, (i+1)·to)` and output pixel `j` spans `[j·from, (j+1)·from)`: the weight of
+/// `i` in `j` is their overlap, a whole number, and each output's weights sum to
+/// `from`.
+struct AreaWeights {
+    /// Output `j`'s weights are `weights[spans[j].1..spans[j + 1].1]`, for the source
+    /// pixels from `spans[j].0` on.
+    spans: Vec<(usize, usize)>,
+    weights: Vec<u64>,
+}
+
+impl AreaWeights {
+    fn new(from: usize, to: usize) -> Self {
+        let mut spans = Vec::with_capacity(to + 1);
+        let mut weights = Vec::with_capacity(from + 2 * to);
+        for j in 0..to {
+            let (lo, hi) = (j * from, (j + 1) * from);
+            let first = lo / to;
+            spans.push((first, weights.len()));
+            for i in first..hi.div_ceil(to) {
+                let overlap = hi.min((i + 1) * to) - lo.max(i * to);
+                weights.push(overlap as u64);
+            }
+        }
+        spans.push((from, weights.len()));
+        AreaWeights { spans, weights }
+    }
+
+    /// The first source pixel and the weights of output pixel `j`.
+    fn of(&self, j: usize) -> (usize, &[u64]) {
+        let (start, at) = self.spans[j];
+        (start, &self.weights[at..self.spans[j + 1].1])
     }
 }
 
@@ -1092,10 +1215,166 @@ mod tests {
         let square = GrayImage::from_pixels(6, 6, (0..36).collect()).unwrap();
         assert_eq!(square.shrink_to(2), square.shrink(3));
         assert_eq!(square.shrink_to(6), Some(square.clone()));
-        for side in [0, 4, 12] {
+        // Other sides no larger than the image's are resampled by area.
+        assert_eq!(square.shrink_to(4), square.resize_area(4, 4));
+        assert_eq!(square.shrink_to(4).unwrap().width(), 4);
+        for side in [0, 7, 12] {
             assert!(square.shrink_to(side).is_none(), "{side}");
         }
         assert!(image.shrink_to(1).is_none(), "not square");
+    }
+
+    #[test]
+    fn area_resampling_weighs_partly_covered_pixels() {
+        // 5×5 → 2×2: output 0 covers source [0, 2.5): pixels 0 and 1 whole, 2 half;
+        // output 1 covers [2.5, 5): 2 half, 3 and 4 whole. With p(x, y) = 10(5y + x),
+        // the mean x under output 0 is (0 + 1 + 2·0.5)/2.5 = 0.8 and under output 1
+        // (2·0.5 + 3 + 4)/2.5 = 3.2 (likewise y), and the mean of p is 10(5ȳ + x̄).
+        let five = GrayImage::from_pixels(5, 5, (0..25).map(|i| 10 * i as u8).collect()).unwrap();
+        let want = [
+            10.0 * (5.0 * 0.8 + 0.8),
+            10.0 * (5.0 * 0.8 + 3.2),
+            10.0 * (5.0 * 3.2 + 0.8),
+            10.0 * (5.0 * 3.2 + 3.2),
+        ];
+        let want: Vec<u8> = want.iter().map(|&v: &f64| v.round() as u8).collect();
+        assert_eq!(want, [48, 72, 168, 192]);
+        assert_eq!(five.resize_area(2, 2).unwrap().pixels()[..], want[..]);
+
+        // 4×4 → 3×3: each output spans 4/3 source pixels; in thirds of a pixel the
+        // weights are [3, 1, 0, 0], [0, 2, 2, 0], [0, 0, 1, 3] on each axis, 16 in all.
+        let mut pixels = vec![0u8; 16];
+        pixels[0] = 255; // (0, 0)
+        pixels[2] = 8; // (2, 0)
+        pixels[5] = 255; // (1, 1)
+        pixels[15] = 90; // (3, 3)
+        let four = GrayImage::from_pixels(4, 4, pixels).unwrap();
+        let want = [
+            // (0,0): 255·3·3 + 255·1·1; (1,0): 255·2·1 + 8·2·3; (2,0): 8·1·3 = 1.5, a
+            // half, rounded up.
+            (255.0 * 9.0 + 255.0) / 16.0,
+            (255.0 * 2.0 + 8.0 * 6.0) / 16.0,
+            8.0 * 3.0 / 16.0,
+            // (0,1): 255·1·2; (1,1): 255·2·2.
+            255.0 * 2.0 / 16.0,
+            255.0 * 4.0 / 16.0,
+            0.0,
+            0.0,
+            0.0,
+            // (2,2): 90·3·3.
+            90.0 * 9.0 / 16.0,
+        ];
+        let want: Vec<u8> = want.iter().map(|&v: &f64| v.round() as u8).collect();
+        assert_eq!(want, [159, 35, 2, 32, 64, 0, 0, 0, 51]);
+        assert_eq!(four.resize_area(3, 3).unwrap().pixels()[..], want[..]);
+        // The bit-per-pixel form resamples the same.
+        let binary =
+            GrayImage::from_pixels(4, 4, (0..16).map(|i| [0, 255][i % 3 % 2]).collect()).unwrap();
+        assert_eq!(
+            binary.to_binary().unwrap().resize_area(3, 3),
+            binary.resize_area(3, 3)
+        );
+
+        // Upscaling 2×1 → 3×1: the middle output straddles both pixels equally.
+        let two = GrayImage::from_pixels(2, 1, vec![0, 255]).unwrap();
+        assert_eq!(two.resize_area(3, 1).unwrap().pixels()[..], [0, 128, 255]);
+        let dot = GrayImage::from_pixels(1, 1, vec![77]).unwrap();
+        assert_eq!(dot.resize_area(3, 2).unwrap().pixels()[..], [77; 6]);
+        // Non-square targets.
+        assert_eq!(
+            five.resize_area(5, 1).unwrap().pixels()[..],
+            [100, 110, 120, 130, 140]
+        );
+
+        assert!(five.resize_area(0, 2).is_none() && five.resize_area(2, 0).is_none());
+        assert!(GrayImage::blank(0, 3).resize_area(2, 2).is_none());
+        assert_eq!(five.resize_area(5, 5), Some(five.clone()));
+    }
+
+    #[test]
+    fn area_resampling_by_a_whole_factor_is_shrink() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (w, h, factor) in [(12, 9, 3), (12, 12, 2), (8, 4, 4), (105, 105, 3)] {
+            let image =
+                GrayImage::from_pixels(w, h, (0..w * h).map(|_| rng.random()).collect()).unwrap();
+            let area = image.resize_area(w / factor, h / factor).unwrap();
+            assert_eq!(Some(area), image.shrink(factor), "{w}x{h} by {factor}");
+        }
+    }
+
+    #[test]
+    fn area_resampling_keeps_constants_and_ink() {
+        use rand::{Rng, SeedableRng};
+        for value in [0, 1, 200, 255] {
+            let flat = GrayImage::from_pixels(105, 105, vec![value; 105 * 105]).unwrap();
+            let small = flat.shrink_to(28).unwrap();
+            assert_eq!((small.width(), small.height()), (28, 28));
+            assert!(small.pixels().iter().all(|&p| p == value), "{value}");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        let image =
+            GrayImage::from_pixels(105, 105, (0..105 * 105).map(|_| rng.random()).collect())
+                .unwrap();
+        let small = image.shrink_to(28).unwrap();
+        let sum = |im: &GrayImage| im.pixels().iter().map(|&p| f64::from(p)).sum::<f64>();
+        // Area resampling keeps the mean exactly before rounding, which moves each of
+        // the 784 outputs by at most 1/2.
+        let exact = sum(&image) * (28.0 * 28.0) / (105.0 * 105.0);
+        let err = (sum(&small) - exact).abs();
+        assert!(err <= 0.5 * 784.0, "{err}");
+        // A blob of ink moves, but keeps its mass (here exactly: 15·15 pixels of 255
+        // at a multiple of 3.75 are 4·4 whole outputs).
+        let mut blob = vec![0u8; 105 * 105];
+        for y in 15..30 {
+            blob[y * 105 + 15..y * 105 + 30].fill(255);
+        }
+        let blob = GrayImage::from_pixels(105, 105, blob)
+            .unwrap()
+            .shrink_to(28)
+            .unwrap();
+        assert_eq!(sum(&blob), 16.0 * 255.0);
+    }
+
+    #[test]
+    fn rotations_turn_counter_clockwise() {
+        // 2 wide, 3 high:  1 2 / 3 4 / 5 6.
+        let image = GrayImage::from_pixels(2, 3, vec![1, 2, 3, 4, 5, 6]).unwrap();
+        // A quarter turn left: the right column becomes the top row.
+        let once = image.rotate90(1);
+        assert_eq!((once.width(), once.height()), (3, 2));
+        assert_eq!(once.pixels()[..], [2, 4, 6, 1, 3, 5]);
+        let twice = image.rotate90(2);
+        assert_eq!((twice.width(), twice.height()), (2, 3));
+        assert_eq!(twice.pixels()[..], [6, 5, 4, 3, 2, 1]);
+        let thrice = image.rotate90(3);
+        assert_eq!((thrice.width(), thrice.height()), (3, 2));
+        assert_eq!(thrice.pixels()[..], [5, 3, 1, 6, 4, 2]);
+        assert_eq!(once.rotate90(1), twice);
+        assert_eq!(twice.rotate90(1), thrice);
+        assert_eq!(thrice.rotate90(1), image);
+        assert_eq!(image.rotate90(0), image);
+        assert_eq!(image.rotate90(4), image);
+        assert_eq!(image.rotate90(6), twice);
+    }
+
+    #[test]
+    fn binary_images_rotate_like_their_bytes() {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for (w, h) in [(11, 5), (8, 9), (105, 105), (1, 17)] {
+            let bytes = GrayImage::from_pixels(w, h, binary_pixels(&mut rng, w, h)).unwrap();
+            let bits = bytes.to_binary().unwrap();
+            let mut turned = bits.clone();
+            for turns in 0..4u8 {
+                let got = bits.rotate90(turns);
+                assert!(got.is_binary());
+                assert_eq!(got, bytes.rotate90(turns), "{w}x{h} {turns}");
+                assert_eq!(got, turned, "{w}x{h} {turns}");
+                turned = turned.rotate90(1);
+            }
+            assert_eq!(turned, bits);
+        }
     }
 
     #[test]

@@ -354,9 +354,10 @@ impl Dataset {
         self.index.images[i].character
     }
 
-    /// The same data set with every image shrunk to `side × side` by a whole factor
-    /// ([`GrayImage::shrink_to`]), in parallel; an error names the first image that
-    /// cannot be.
+    /// The same data set with every image shrunk to `side × side`
+    /// ([`GrayImage::shrink_to`]: block means for a whole factor, area resampling
+    /// otherwise), in parallel; an error names the first image that cannot be (not
+    /// square, or smaller than `side`).
     pub fn shrink_to(&self, side: usize) -> Result<Dataset, DataError> {
         let pixels = self
             .pixels
@@ -365,8 +366,8 @@ impl Dataset {
             .map(|(image, entry)| {
                 image.shrink_to(side).ok_or_else(|| {
                     DataError::Invalid(format!(
-                        "{} is {}×{}, which does not shrink to {side}×{side} by a whole \
-                         factor",
+                        "{} is {}×{}, which does not shrink to {side}×{side} (it must be \
+                         square and at least {side} pixels wide)",
                         entry.path.display(),
                         image.width(),
                         image.height()

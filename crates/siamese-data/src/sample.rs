@@ -403,6 +403,128 @@ pub fn koch_tasks(
     Ok(tasks)
 }
 
+/// The shape of a training episode: `way` classes, one support and `queries` queries
+/// each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeSpec {
+    /// Classes per episode, at least 2.
+    pub way: usize,
+    /// Query images per class besides its support, at least 1.
+    pub queries: usize,
+    /// Each character turned by 0 to `rotations - 1` quarter turns is that many
+    /// classes (Vinyals et al.'s augmentation): 1 (no rotation) to 4.
+    pub rotations: u8,
+    /// The probability, in [0, 1], that an episode's classes share one alphabet and one
+    /// rotation (the hard negatives of the evaluation tasks) rather than being drawn
+    /// from anywhere.
+    pub within_alphabet: f64,
+}
+
+/// An episode: class c's support is `images[c * (1 + queries)]`, its queries follow
+/// it; `rotations[i]` quarter turns apply to `images[i]` (each (character, rotation)
+/// is its own class).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Episode {
+    pub images: Vec<usize>,
+    /// Counter-clockwise quarter turns of each image, the same within a class.
+    pub rotations: Vec<u8>,
+    pub way: usize,
+    pub queries: usize,
+    /// The character of each class.
+    pub characters: Vec<usize>,
+}
+
+/// Draws one episode. A character can be a class if it has at least `1 + queries`
+/// images; classes are (character, rotation) with the rotation in
+/// `0..spec.rotations`. With probability `within_alphabet` (one draw per episode) all
+/// classes come from one (alphabet, rotation) group, uniform among the groups whose
+/// alphabet has `way` such characters; otherwise they are `way` distinct classes
+/// uniform among all. Each class gets `1 + queries` distinct images of its character
+/// in random order, the first its support.
+pub fn sample_episode(
+    index: &DatasetIndex,
+    spec: &EpisodeSpec,
+    rng: &mut impl Rng,
+) -> Result<Episode, DataError> {
+    let EpisodeSpec {
+        way,
+        queries,
+        rotations,
+        within_alphabet,
+    } = *spec;
+    let root = index.root().display();
+    if way < 2 || queries == 0 {
+        return Err(DataError::Invalid(format!(
+            "an episode needs at least 2 classes and 1 query each (got {way}-way with \
+             {queries} queries) for {root}"
+        )));
+    }
+    if !(1..=4).contains(&rotations) {
+        return Err(DataError::Invalid(format!(
+            "episode rotations must be 1 (none) to 4 quarter turns, got {rotations}"
+        )));
+    }
+    if !(0.0..=1.0).contains(&within_alphabet) {
+        return Err(DataError::Invalid(format!(
+            "episode within_alphabet is a probability in [0, 1], got {within_alphabet}"
+        )));
+    }
+    let per_class = 1 + queries;
+    let eligible = |c: &usize| index.images_of(*c).len() >= per_class;
+    // Eligible characters per alphabet (alphabets hold contiguous characters).
+    let counts: Vec<usize> = index
+        .alphabets()
+        .iter()
+        .map(|a| a.characters.clone().filter(eligible).count())
+        .collect();
+    let total: usize = counts.iter().sum();
+    let rot = usize::from(rotations);
+    if total * rot < way {
+        return Err(DataError::Invalid(format!(
+            "a {way}-way episode needs {way} classes of characters with {per_class} \
+             images; {root} has {total} such characters × {rotations} rotations"
+        )));
+    }
+    let groups: Vec<usize> = (0..counts.len()).filter(|&a| counts[a] >= way).collect();
+    if within_alphabet > 0.0 && groups.is_empty() {
+        return Err(DataError::Invalid(format!(
+            "a within-alphabet {way}-way episode needs an alphabet with {way} characters \
+             of {per_class} images; the most any alphabet of {root} has is {}",
+            counts.iter().max().copied().unwrap_or(0)
+        )));
+    }
+    let mut characters = Vec::with_capacity(way);
+    let mut class_rotations = Vec::with_capacity(way);
+    if rng.random::<f64>() < within_alphabet {
+        let alphabet = &index.alphabets()[*groups.choose(rng).expect("checked non-empty")];
+        let rotation = rng.random_range(0..rotations);
+        let pool: Vec<usize> = alphabet.characters.clone().filter(eligible).collect();
+        characters.extend(pool.choose_multiple(rng, way).copied());
+        class_rotations.resize(way, rotation);
+    } else {
+        let pool: Vec<usize> = (0..index.characters().len()).filter(eligible).collect();
+        for class in rand::seq::index::sample(rng, total * rot, way) {
+            characters.push(pool[class / rot]);
+            class_rotations.push((class % rot) as u8);
+        }
+    }
+    let mut images = Vec::with_capacity(way * per_class);
+    let mut image_rotations = Vec::with_capacity(way * per_class);
+    for (&c, &rotation) in characters.iter().zip(&class_rotations) {
+        let range = index.images_of(c);
+        let picks = rand::seq::index::sample(rng, range.len(), per_class);
+        images.extend(picks.iter().map(|i| range.start + i));
+        image_rotations.extend(std::iter::repeat_n(rotation, per_class));
+    }
+    Ok(Episode {
+        images,
+        rotations: image_rotations,
+        way,
+        queries,
+        characters,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,5 +687,196 @@ mod tests {
             }
         }
         assert!(koch_tasks(&idx, 26, 1, &mut rng).is_err());
+    }
+
+    fn spec(way: usize, queries: usize, rotations: u8, within_alphabet: f64) -> EpisodeSpec {
+        EpisodeSpec {
+            way,
+            queries,
+            rotations,
+            within_alphabet,
+        }
+    }
+
+    /// The (character, rotation) of each class, checking the layout on the way.
+    fn classes(idx: &DatasetIndex, e: &Episode) -> Vec<(usize, u8)> {
+        let per_class = 1 + e.queries;
+        assert_eq!(e.images.len(), e.way * per_class);
+        assert_eq!(e.rotations.len(), e.images.len());
+        assert_eq!(e.characters.len(), e.way);
+        // An image can serve two classes of its character, turned differently, but
+        // not one twice.
+        let mut seen: Vec<(usize, u8)> =
+            e.images.iter().copied().zip(e.rotations.clone()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), e.images.len(), "an image twice: {e:?}");
+        (0..e.way)
+            .map(|c| {
+                let block = c * per_class..(c + 1) * per_class;
+                let support = e.images[block.start];
+                assert_eq!(idx.images()[support].character, e.characters[c]);
+                for i in block.clone() {
+                    assert_eq!(idx.images()[e.images[i]].character, e.characters[c]);
+                    assert_eq!(e.rotations[i], e.rotations[block.start]);
+                }
+                (e.characters[c], e.rotations[block.start])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn episodes_are_laid_out_by_class() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        for s in [
+            spec(5, 3, 4, 0.5),
+            spec(20, 1, 1, 1.0),
+            spec(60, 19, 2, 0.0),
+        ] {
+            for _ in 0..50 {
+                let e = sample_episode(&idx, &s, &mut rng).unwrap();
+                assert_eq!((e.way, e.queries), (s.way, s.queries));
+                let mut classes = classes(&idx, &e);
+                assert!(classes.iter().all(|&(_, r)| r < s.rotations));
+                classes.sort_unstable();
+                classes.dedup();
+                assert_eq!(classes.len(), s.way, "a class twice: {e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn within_alphabet_episodes_share_an_alphabet_and_a_rotation() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let mut groups = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let e = sample_episode(&idx, &spec(5, 2, 4, 1.0), &mut rng).unwrap();
+            let classes = classes(&idx, &e);
+            let alphabet = idx.characters()[classes[0].0].alphabet;
+            for &(c, r) in &classes {
+                assert_eq!(idx.characters()[c].alphabet, alphabet);
+                assert_eq!(r, classes[0].1);
+            }
+            groups.insert((alphabet, classes[0].1));
+        }
+        // All 3 alphabets × 4 rotations turn up.
+        assert_eq!(groups.len(), 12);
+    }
+
+    #[test]
+    fn episodes_across_alphabets_mix_rotations() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let (mut mixed, mut one_group) = (0, 0);
+        let mut rotation_hist = [0usize; 4];
+        for _ in 0..200 {
+            let e = sample_episode(&idx, &spec(5, 1, 4, 0.0), &mut rng).unwrap();
+            let classes = classes(&idx, &e);
+            for &(_, r) in &classes {
+                rotation_hist[usize::from(r)] += 1;
+            }
+            let rotations: std::collections::HashSet<u8> =
+                classes.iter().map(|&(_, r)| r).collect();
+            mixed += usize::from(rotations.len() > 1);
+            let alphabets: std::collections::HashSet<usize> = classes
+                .iter()
+                .map(|&(c, _)| idx.characters()[c].alphabet)
+                .collect();
+            one_group += usize::from(rotations.len() == 1 && alphabets.len() == 1);
+        }
+        // P(five classes share a rotation) ≈ 4⁻⁴ and an alphabet too ≈ 3⁻⁴ of that.
+        assert!(mixed > 190, "{mixed}");
+        assert!(one_group <= 1, "{one_group}");
+        // 1000 classes, each rotation ~250 (σ ≈ 14).
+        assert!(
+            rotation_hist.iter().all(|&n| (180..=320).contains(&n)),
+            "{rotation_hist:?}"
+        );
+    }
+
+    #[test]
+    fn within_alphabet_is_a_probability_per_episode() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let within = (0..1000)
+            .filter(|_| {
+                let e = sample_episode(&idx, &spec(5, 1, 4, 0.3), &mut rng).unwrap();
+                let classes = classes(&idx, &e);
+                let a = idx.characters()[classes[0].0].alphabet;
+                classes
+                    .iter()
+                    .all(|&(c, r)| idx.characters()[c].alphabet == a && r == classes[0].1)
+            })
+            .count();
+        // ~300 (σ ≈ 14.5).
+        assert!((230..=370).contains(&within), "{within}");
+    }
+
+    #[test]
+    fn episodes_are_reproducible() {
+        let idx = omniglot_like();
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..5)
+                .map(|_| sample_episode(&idx, &spec(10, 2, 4, 0.5), &mut rng).unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(21), draw(21));
+        assert_ne!(draw(21), draw(22));
+    }
+
+    #[test]
+    fn episodes_use_only_characters_with_enough_images() {
+        // Alphabet 0: two characters of 3 images and two of 1; alphabet 1: three of 3.
+        let idx = DatasetIndex::synthetic(&[
+            vec![vec![1, 2, 3], vec![1], vec![1, 2, 3], vec![2]],
+            vec![vec![1, 2, 3]; 3],
+        ]);
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        for _ in 0..100 {
+            let e = sample_episode(&idx, &spec(3, 2, 1, 0.5), &mut rng).unwrap();
+            for (c, _) in classes(&idx, &e) {
+                assert_eq!(idx.images_of(c).len(), 3);
+            }
+            // Only alphabet 1 has three such characters.
+            let e = sample_episode(&idx, &spec(3, 2, 1, 1.0), &mut rng).unwrap();
+            let mut characters = e.characters.clone();
+            characters.sort_unstable();
+            assert_eq!(characters, [4, 5, 6]);
+        }
+    }
+
+    #[test]
+    fn impossible_episodes_are_errors() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        let bad = |s: EpisodeSpec, rng: &mut ChaCha8Rng| match sample_episode(&idx, &s, rng) {
+            Err(DataError::Invalid(msg)) => msg,
+            other => panic!("{s:?} gave {other:?}"),
+        };
+        bad(spec(1, 1, 1, 0.0), &mut rng);
+        bad(spec(5, 0, 1, 0.0), &mut rng);
+        bad(spec(5, 1, 0, 0.0), &mut rng);
+        bad(spec(5, 1, 5, 0.0), &mut rng);
+        for within in [-0.1, 1.1, f64::NAN] {
+            bad(spec(5, 1, 1, within), &mut rng);
+        }
+        // 20 images a character: 19 queries fit, 20 do not.
+        assert!(sample_episode(&idx, &spec(5, 19, 1, 0.5), &mut rng).is_ok());
+        let msg = bad(spec(5, 20, 1, 0.0), &mut rng);
+        assert!(
+            msg.contains("<memory>") && msg.contains("21 images"),
+            "{msg}"
+        );
+        // 75 characters × 2 rotations are 150 classes.
+        assert!(sample_episode(&idx, &spec(150, 1, 2, 0.0), &mut rng).is_ok());
+        let msg = bad(spec(151, 1, 2, 0.0), &mut rng);
+        assert!(msg.contains("<memory>") && msg.contains("75"), "{msg}");
+        // 26 classes fit across alphabets but no alphabet has 26 characters.
+        assert!(sample_episode(&idx, &spec(26, 1, 1, 0.0), &mut rng).is_ok());
+        let msg = bad(spec(26, 1, 1, 0.01), &mut rng);
+        assert!(msg.contains("<memory>") && msg.contains("25"), "{msg}");
     }
 }

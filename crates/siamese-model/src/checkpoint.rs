@@ -7,7 +7,9 @@
 //! tensor under its name in [`ModelConfig::param_specs`] (`tower.conv1.weight`,
 //! `tower.conv1.bias`, ..., `tower.fc.weight`, `tower.fc.bias`, `head.weight`,
 //! `head.bias`; PyTorch's layouts: kernels `(out, in, k, k)`, linear weights
-//! `(out, in)`), and three string entries in the safetensors header's
+//! `(out, in)`), batch norm's running statistics under their names in
+//! [`ModelConfig::buffer_specs`] (`tower.block1.bn.running_mean`, ...; PyTorch's
+//! names and meaning), and three string entries in the safetensors header's
 //! `__metadata__`:
 //!
 //! * `format`: [`CHECKPOINT_FORMAT`];
@@ -148,7 +150,7 @@ fn read_checkpoint(
     let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
     let specs = info
         .config
-        .param_specs()
+        .tensor_specs()
         .map_err(|e| corrupt(path, e.to_string()))?;
     let mut tensors = HashMap::with_capacity(specs.len());
     for spec in &specs {
@@ -214,9 +216,11 @@ impl SiameseNet {
             .tempfile_in(&dir)
             .map_err(io_err("creating a temporary file beside", path))?;
 
+        let buffers = self.named_buffers()?;
         let tensors = self
             .named_tensors()
             .iter()
+            .chain(&buffers)
             .map(|(n, t)| {
                 Ok((
                     n.clone(),

@@ -89,23 +89,33 @@ impl FromStr for InitScheme {
     }
 }
 
-/// Mean and standard deviation of a parameter of this kind under the paper's scheme.
+/// Mean and standard deviation of a parameter of Koch's kinds under the paper's
+/// scheme; for the batch-normalised tower's kinds, those that do not depend on the
+/// shape (see [`spec_distribution`] for the rest).
 pub fn init_distribution(kind: ParamKind) -> (f32, f32) {
     match kind {
         ParamKind::ConvWeight => (0.0, CONV_WEIGHT_STD),
         ParamKind::FcWeight => (0.0, FC_WEIGHT_STD),
         ParamKind::Bias => (BIAS_MEAN, BIAS_STD),
+        ParamKind::BnScale | ParamKind::RunningVar => (1.0, 0.0),
+        ParamKind::Zero | ParamKind::RunningMean => (0.0, 0.0),
+        ParamKind::HeConvWeight => (0.0, 1.0),
+        ParamKind::HeadL1 => (-1.0, 0.0),
     }
 }
 
-/// Mean and standard deviation of the parameter `spec` under `scheme`.
+/// Mean and standard deviation of the parameter `spec` under `scheme`. The
+/// batch-normalised tower's parameters ignore the scheme: He's N(0, 2/fan_in) for
+/// its kernels (PyTorch's and most Conv-4 implementations' choice for ReLU
+/// networks), −1/√fan_in for every head weight.
 pub fn spec_distribution(spec: &ParamSpec, scheme: InitScheme) -> (f32, f32) {
+    // Kernels (out, in, k, k) and linear weights (out, in): the fan-in is the
+    // product of all dimensions after the first.
+    let fan_in = spec.shape.iter().skip(1).product::<usize>().max(1) as f64;
     match (scheme, spec.kind) {
-        (InitScheme::Lecun, ParamKind::FcWeight) => {
-            // (out, in): the fan-in is the second dimension.
-            let fan_in = spec.shape.get(1).copied().unwrap_or(1).max(1);
-            (0.0, (1.0 / fan_in as f64).sqrt() as f32)
-        }
+        (InitScheme::Lecun, ParamKind::FcWeight) => (0.0, (1.0 / fan_in).sqrt() as f32),
+        (_, ParamKind::HeConvWeight) => (0.0, (2.0 / fan_in).sqrt() as f32),
+        (_, ParamKind::HeadL1) => (-(1.0 / fan_in).sqrt() as f32, 0.0),
         (_, kind) => init_distribution(kind),
     }
 }
@@ -145,6 +155,9 @@ pub fn init_varmap_with(
 
 fn draw(spec: &ParamSpec, scheme: InitScheme, seed: u64, param_index: u64) -> Vec<f32> {
     let (mean, std) = spec_distribution(spec, scheme);
+    if std == 0.0 {
+        return vec![mean; spec.numel()];
+    }
     let normal = Normal::new(mean, std).expect("finite, positive standard deviation");
     let mut values = vec![0f32; spec.numel()];
     values

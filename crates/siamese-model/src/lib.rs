@@ -40,7 +40,7 @@ pub use device::{device_kind, select_device};
 pub use error::ModelError;
 pub use init::InitScheme;
 pub use loss::bce_with_logits;
-pub use net::{ConvLayer, SiameseNet, Tower};
+pub use net::{BN_EPS, BN_MOMENTUM, BnBlock, ConvLayer, RunningStats, SiameseNet, Tower};
 
 /// The tensor library and its version, for reports (e.g. `bench train`'s `impl`).
 pub const BACKEND: &str = "candle-0.11.1";

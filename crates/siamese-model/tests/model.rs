@@ -146,6 +146,7 @@ fn init_statistics_follow_the_paper() {
             ParamKind::ConvWeight => (0.0, 0.01),
             ParamKind::FcWeight => (0.0, 0.2),
             ParamKind::Bias => (0.5, 0.01),
+            other => panic!("{name}: {other:?} is not a kind of Koch's network"),
         };
         // Standard errors: the smallest tensors are the head's bias (1 value) and
         // weight (4096), and conv1's bias (64).

@@ -15,7 +15,7 @@ use siamese_data::sample::NegativeFrom;
 use siamese_model::{Arch, InitScheme, ModelConfig};
 
 use crate::TrainError;
-use crate::schedule::{AdamSettings, OptimizerKind, SgdSchedule};
+use crate::schedule::{AdamSettings, LrSchedule, OptimizerKind, SgdSchedule};
 
 /// A whole run's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,8 +33,9 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// Sized for a 2-core CPU in about 30 minutes: the all-pairs objective on K×M
-    /// batches with Adam, distortions on. See [`TrainConfig::default_preset`].
+    /// Sized for a 2-core CPU in about 30 minutes: the batch-normalised Conv-4 tower on
+    /// 28×28 images, trained on 20-way one-shot episodes with Adam. See
+    /// [`TrainConfig::default_preset`].
     #[default]
     Default,
     /// Koch et al.'s setup: 150k pairs × 8 distortions, drawers 1–12, layer-wise SGD
@@ -44,14 +45,17 @@ pub enum Preset {
     /// The PyTorch reference's setup: Adam 6·10⁻⁵, all 20 drawers, online balanced
     /// pairs, batch 128.
     Reference,
-    /// The default preset on the 35×35 `koch35` tower (Omniglot shrunk by 3), whose
-    /// steps are ~8× faster on a CPU. See [`TrainConfig::small`].
+    /// Koch's all-pairs recipe on the 35×35 `koch35` tower (Omniglot shrunk by 3).
+    /// See [`TrainConfig::small`].
     Small,
+    /// The default recipe for about 2 hours. See [`TrainConfig::long`].
+    Long,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 4] = [
+    pub const ALL: [Preset; 5] = [
         Preset::Default,
+        Preset::Long,
         Preset::Paper,
         Preset::Reference,
         Preset::Small,
@@ -60,6 +64,7 @@ impl Preset {
     pub fn name(self) -> &'static str {
         match self {
             Preset::Default => "default",
+            Preset::Long => "long",
             Preset::Paper => "paper",
             Preset::Reference => "reference",
             Preset::Small => "small",
@@ -74,7 +79,7 @@ impl std::str::FromStr for Preset {
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| {
-                format!("unknown preset {s:?}: expected default, paper, reference or small")
+                format!("unknown preset {s:?}: expected default, long, paper, reference or small")
             })
     }
 }
@@ -124,7 +129,10 @@ pub struct DataConfig {
 }
 
 /// The objective a step minimises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// In configuration files `"pairs"`, `"all-pairs"`, or a table for the episodes:
+/// `{"episodes": {"way": 20, "queries": 5, ...}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
     /// Koch's cross-entropy on a batch of sampled pairs (L2 via the optimizer).
@@ -132,6 +140,21 @@ pub enum Objective {
     /// Cross-entropy on every pair of a K×M batch, positives and negatives weighted
     /// to balance: each image is embedded once for its K·M − 1 pairs.
     AllPairs,
+    /// N-way one-shot episodes scored by the head: softmax cross-entropy of each
+    /// query's logits against the N supports (optionally plus the balanced binary
+    /// cross-entropy on the same pairs).
+    Episodes(EpisodeObjective),
+}
+
+impl Objective {
+    /// The name used on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Objective::Pairs => "pairs",
+            Objective::AllPairs => "all-pairs",
+            Objective::Episodes(_) => "episodes",
+        }
+    }
 }
 
 impl std::str::FromStr for Objective {
@@ -140,9 +163,55 @@ impl std::str::FromStr for Objective {
         match s {
             "pairs" => Ok(Objective::Pairs),
             "all-pairs" => Ok(Objective::AllPairs),
+            "episodes" => Ok(Objective::Episodes(EpisodeObjective::default())),
             _ => Err(format!(
-                "unknown objective {s:?}: expected pairs or all-pairs"
+                "unknown objective {s:?}: expected pairs, all-pairs or episodes"
             )),
+        }
+    }
+}
+
+/// The episodes of [`Objective::Episodes`]: `way` classes, one support and `queries`
+/// queries each; classes are (character, rotation by a multiple of 90°).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EpisodeObjective {
+    /// N: classes per episode (the test's 20).
+    pub way: usize,
+    /// Queries per class.
+    pub queries: usize,
+    /// 1 to 4: each character rotated by 0°, 90°, ... is a class of its own (4
+    /// quadruples the classes; 1 turns rotations off).
+    pub rotations: u8,
+    /// The fraction of episodes drawn from one alphabet and rotation, like the
+    /// one-shot test; the rest from any alphabet.
+    pub within_alphabet: f64,
+    /// Weight of the balanced binary cross-entropy on the episode's query–support
+    /// pairs, added to the softmax cross-entropy (0: none). It keeps the head's
+    /// sigmoid a calibrated "same character" probability.
+    pub bce_weight: f64,
+}
+
+impl Default for EpisodeObjective {
+    fn default() -> Self {
+        EpisodeObjective {
+            way: 20,
+            queries: 5,
+            rotations: 4,
+            within_alphabet: 0.5,
+            bce_weight: 0.0,
+        }
+    }
+}
+
+impl EpisodeObjective {
+    /// The data crate's episode shape.
+    pub fn spec(&self) -> siamese_data::sample::EpisodeSpec {
+        siamese_data::sample::EpisodeSpec {
+            way: self.way,
+            queries: self.queries,
+            rotations: self.rotations,
+            within_alphabet: self.within_alphabet,
         }
     }
 }
@@ -190,6 +259,18 @@ pub struct TrainingConfig {
     /// `lecun` (those weights N(0, 1/fan_in)). Configurations without it: `paper`.
     #[serde(default)]
     pub init: InitScheme,
+    /// At the end of training, fit Platt scaling of the head's logit on balanced
+    /// same/different pairs of the validation alphabets and write it into the `best`
+    /// checkpoint, so that `compare`'s probability and `verify`'s p > 0.5 mean what
+    /// they say (the softmax of the episodes objective leaves the head's offset free).
+    /// Rankings, and so one-shot accuracy, are unchanged. Configurations without it:
+    /// `false`.
+    #[serde(default)]
+    pub calibrate: bool,
+    /// A learning-rate multiplier by step over the optimizer's per-epoch schedule
+    /// (step decay, cosine, warm-up). Configurations without it: `constant`.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     /// Seed of the initialisation, the samplers and the distortions.
     pub seed: u64,
     /// CPU threads (`null`: all cores).
@@ -209,22 +290,83 @@ impl TrainConfig {
     pub fn preset(preset: Preset) -> Self {
         match preset {
             Preset::Default => TrainConfig::default_preset(),
+            Preset::Long => TrainConfig::long(),
             Preset::Paper => TrainConfig::paper(),
             Preset::Reference => TrainConfig::reference(),
             Preset::Small => TrainConfig::small(),
         }
     }
 
-    /// The default preset, meant to finish on a 2-core CPU in about 30 minutes and
-    /// give a model far above chance: the paper's network, the all-pairs objective on
-    /// batches of 8 characters × 4 images (32 images, 496 scored pairs, 48 of them
-    /// positive) drawn within one alphabet (hard negatives, like the one-shot trials),
-    /// Koch's distortions, Adam at 10⁻⁴ (above the reference's 6·10⁻⁵: far fewer
-    /// steps, and every step averages ~500 pair gradients), epochs of 50 steps each
-    /// followed by a 320-trial validation (about 45 seconds and a few seconds with the
-    /// fast CPU kernels on 2 cores), a 30-minute budget and a patience of 10
-    /// validations.
+    /// The default preset: the recipe that scored best within 30 minutes of wall time
+    /// on a 2-core CPU (README, "Results"). The batch-normalised Conv-4 tower
+    /// ([`Arch::CONV4`]) on Omniglot area-resampled to 28×28, all 20 drawers of the
+    /// background alphabets, trained on 20-way one-shot episodes with 5 queries per
+    /// class ([`EpisodeObjective::default`]: the characters × 4 rotations as classes,
+    /// half the episodes within one alphabet), Adam at 10⁻³ halved every 6,000
+    /// episodes, a validation (Koch's 20-way within-alphabet trials on the validation
+    /// alphabets) every 500 episodes keeping the best, a 30-minute budget.
     pub fn default_preset() -> Self {
+        let base = TrainConfig::koch_all_pairs();
+        TrainConfig {
+            preset: Preset::Default,
+            data: DataConfig {
+                split: SplitName::KochAllDrawers,
+                distort: false,
+                distortion: koch_distortion_at(28),
+                validation_trials: 1000,
+                ..base.data
+            },
+            model: ModelConfig::new(Arch::CONV4),
+            train: TrainingConfig {
+                objective: Objective::Episodes(EpisodeObjective::default()),
+                optimizer: OptimizerKind::Adam,
+                adam: AdamSettings {
+                    lr: 1e-3,
+                    ..AdamSettings::default()
+                },
+                lr_schedule: LrSchedule::Step {
+                    every: 6000,
+                    factor: 0.5,
+                    warmup: 0,
+                },
+                calibrate: true,
+                epochs: 1000,
+                steps_per_epoch: Some(500),
+                patience: 0,
+                log_every: 20,
+                eval_batch: 256,
+                ..base.train
+            },
+        }
+    }
+
+    /// The default recipe for about two hours: a 120-minute budget and the learning
+    /// rate halved every 20,000 episodes.
+    pub fn long() -> Self {
+        let d = TrainConfig::default_preset();
+        TrainConfig {
+            preset: Preset::Long,
+            train: TrainingConfig {
+                max_minutes: Some(120.0),
+                lr_schedule: LrSchedule::Step {
+                    every: 20_000,
+                    factor: 0.5,
+                    warmup: 0,
+                },
+                ..d.train
+            },
+            ..d
+        }
+    }
+
+    /// The recipe of the earlier default preset, the base of `small`, `paper` and
+    /// `reference`: the paper's network, the all-pairs objective on batches of 8
+    /// characters × 4 images (32 images, 496 scored pairs, 48 of them positive) drawn
+    /// within one alphabet (hard negatives, like the one-shot trials), Koch's
+    /// distortions, Adam at 10⁻⁴ (above the reference's 6·10⁻⁵: far fewer steps, and
+    /// every step averages ~500 pair gradients), epochs of 50 steps each followed by a
+    /// 320-trial validation, a 30-minute budget and a patience of 10 validations.
+    fn koch_all_pairs() -> Self {
         TrainConfig {
             preset: Preset::Default,
             data: DataConfig {
@@ -261,6 +403,8 @@ impl TrainConfig {
                 log_every: 1,
                 eval_batch: 64,
                 init: InitScheme::Paper,
+                lr_schedule: LrSchedule::Constant,
+                calibrate: false,
                 seed: 0,
                 threads: None,
                 device: "auto".into(),
@@ -268,21 +412,16 @@ impl TrainConfig {
         }
     }
 
-    /// The default preset on the `koch35` tower: the images shrunk by 3 to 35×35, the
+    /// The earlier default recipe on the `koch35` tower: the images shrunk by 3 to 35×35, the
     /// distortions' translations by 3 too (±2/3 px, the paper's ±2 px at 105×105), and
     /// a patience of 40 validations (they take well under a second at this size, and
     /// accuracy still climbs slowly after 3,000 steps).
     pub fn small() -> Self {
-        let d = TrainConfig::default_preset();
-        let shift = KochDistortion::PAPER.translate_x[1] / 3.0;
+        let d = TrainConfig::koch_all_pairs();
         TrainConfig {
             preset: Preset::Small,
             data: DataConfig {
-                distortion: KochDistortion {
-                    translate_x: [-shift, shift],
-                    translate_y: [-shift, shift],
-                    ..KochDistortion::PAPER
-                },
+                distortion: koch_distortion_at(35),
                 ..d.data
             },
             model: ModelConfig::new(Arch::Koch35),
@@ -295,7 +434,7 @@ impl TrainConfig {
 
     /// Koch et al.'s setup (see [`Preset::Paper`]).
     pub fn paper() -> Self {
-        let d = TrainConfig::default_preset();
+        let d = TrainConfig::koch_all_pairs();
         TrainConfig {
             preset: Preset::Paper,
             data: DataConfig {
@@ -333,7 +472,7 @@ impl TrainConfig {
     /// expressed as a Koch distortion; 50,000 steps (as 50 epochs of 1,000), a
     /// validation every 100 steps (as the reference's `test_every`), no early stop.
     pub fn reference() -> Self {
-        let d = TrainConfig::default_preset();
+        let d = TrainConfig::koch_all_pairs();
         TrainConfig {
             preset: Preset::Reference,
             data: DataConfig {
@@ -440,6 +579,35 @@ impl TrainConfig {
                     );
                 }
             }
+            Objective::Episodes(e) => {
+                if e.way < 2 || e.queries < 1 {
+                    return bad(format!(
+                        "train.objective.episodes needs way ≥ 2 and queries ≥ 1 (got way {}, \
+                         queries {})",
+                        e.way, e.queries
+                    ));
+                }
+                if !(1..=4).contains(&e.rotations) {
+                    return bad(format!(
+                        "train.objective.episodes.rotations must be 1 to 4 (got {})",
+                        e.rotations
+                    ));
+                }
+                if !(0.0..=1.0).contains(&e.within_alphabet) {
+                    return bad(format!(
+                        "train.objective.episodes.within_alphabet must be in [0, 1] (got {})",
+                        e.within_alphabet
+                    ));
+                }
+                if !non_negative(e.bce_weight) {
+                    return bad("train.objective.episodes.bce_weight must be ≥ 0".into());
+                }
+                if t.steps_per_epoch.is_none() {
+                    return bad(
+                        "train.steps_per_epoch is required with the episodes objective".into(),
+                    );
+                }
+            }
             Objective::AllPairs => {
                 if d.classes_per_batch < 2 || d.images_per_class < 2 {
                     return bad(format!(
@@ -454,6 +622,9 @@ impl TrainConfig {
                     );
                 }
             }
+        }
+        if let Err(e) = t.lr_schedule.validate() {
+            return bad(e);
         }
         if t.steps_per_epoch == Some(0) {
             return bad("train.steps_per_epoch must be at least 1".into());
@@ -519,6 +690,17 @@ impl TrainConfig {
     }
 }
 
+/// Koch's distortions for images shrunk from 105×105 to `side × side`: the
+/// translations (±2 px at 105×105) scaled with the image, the rest unchanged.
+fn koch_distortion_at(side: usize) -> KochDistortion {
+    let shift = KochDistortion::PAPER.translate_x[1] * side as f64 / 105.0;
+    KochDistortion {
+        translate_x: [-shift, shift],
+        translate_y: [-shift, shift],
+        ..KochDistortion::PAPER
+    }
+}
+
 /// A configuration from JSON; an error names the field (`train.adam.lr: invalid
 /// type...`).
 fn from_value(value: serde_json::Value) -> Result<TrainConfig, String> {
@@ -581,7 +763,7 @@ mod tests {
             (
                 TrainingConfig {
                     patience: 40,
-                    ..TrainConfig::default_preset().train
+                    ..TrainConfig::koch_all_pairs().train
                 },
                 SplitName::Koch
             )
@@ -598,15 +780,63 @@ mod tests {
         assert_eq!(reference.data.split, SplitName::KochAllDrawers);
         assert_eq!(reference.data.pairs, PairSource::Online);
         let default = TrainConfig::default();
-        assert_eq!(default.train.objective, Objective::AllPairs);
+        assert_eq!(
+            default.train.objective,
+            Objective::Episodes(EpisodeObjective::default())
+        );
+        assert_eq!(default.model, ModelConfig::new(Arch::CONV4));
+        assert_eq!(default.model.input_size, 28);
         assert_eq!(default.train.optimizer, OptimizerKind::Adam);
-        assert!(default.data.distort);
+        assert!(default.train.calibrate && !default.data.distort);
+        let long = TrainConfig::long();
+        assert_eq!(long.train.max_minutes, Some(120.0));
+        assert_eq!(
+            (long.model, long.data),
+            (default.model, default.data.clone())
+        );
+        // The earlier presets keep their recipe.
+        assert_eq!(paper.train.objective, Objective::Pairs);
+        assert!(!paper.train.calibrate && paper.train.lr_schedule == LrSchedule::Constant);
+        assert_eq!(small.train.objective, Objective::AllPairs);
+        assert!(small.data.distort);
         assert_eq!(paper.train.init, InitScheme::Paper);
         // A configuration saved before `init` existed reads as the paper's scheme.
         let mut old: serde_json::Value = serde_json::from_str(&default.to_json()).unwrap();
         old["train"].as_object_mut().unwrap().remove("init");
         let old: TrainConfig = serde_json::from_value(old).unwrap();
         assert_eq!(old.train.init, InitScheme::Paper);
+    }
+
+    #[test]
+    fn configurations_of_earlier_versions_still_load() {
+        // A run's config.json from before the episodes objective, the schedules and
+        // the calibration (the earlier default preset's, as it was written).
+        let mut old: serde_json::Value =
+            serde_json::from_str(&TrainConfig::koch_all_pairs().to_json()).unwrap();
+        let train = old["train"].as_object_mut().unwrap();
+        train.remove("lr_schedule");
+        train.remove("calibrate");
+        let old: TrainConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(old, TrainConfig::koch_all_pairs());
+        assert_eq!(old.model.arch, Arch::Koch);
+        // The episodes objective is a table; a wrong field is named.
+        let e: Objective =
+            serde_json::from_str(r#"{"episodes": {"way": 5, "queries": 1}}"#).unwrap();
+        assert_eq!(
+            e,
+            Objective::Episodes(EpisodeObjective {
+                way: 5,
+                queries: 1,
+                ..EpisodeObjective::default()
+            })
+        );
+        assert!(serde_json::from_str::<Objective>(r#"{"episodes": {"wya": 5}}"#).is_err());
+        let mut c = TrainConfig::default();
+        c.train.objective = Objective::Episodes(EpisodeObjective {
+            rotations: 5,
+            ..EpisodeObjective::default()
+        });
+        assert!(c.validate().unwrap_err().to_string().contains("rotations"));
     }
 
     #[test]
@@ -702,7 +932,7 @@ mod tests {
         let mut c = TrainConfig::paper();
         c.train.sgd.layers.remove("conv2");
         assert!(c.validate().unwrap_err().to_string().contains("conv2"));
-        let mut c = TrainConfig::default();
+        let mut c = TrainConfig::small();
         c.data.images_per_class = 1;
         assert!(
             c.validate()

@@ -22,9 +22,9 @@ use rand::Rng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use siamese_data::augment::{KochDistortion, distort_batch};
 use siamese_data::sample::{
-    NegativeFrom, PairEntry, koch_pair_set, sample_class_batch, sample_pairs,
+    NegativeFrom, PairEntry, koch_pair_set, sample_class_batch, sample_episode, sample_pairs,
 };
-use siamese_data::tensor::{pair_batch, pixels_to_tensor};
+use siamese_data::tensor::{episode_tensor, pair_batch, pixels_to_tensor};
 use siamese_data::{Dataset, GrayImage, Part, seeded_rng};
 
 use crate::TrainError;
@@ -50,10 +50,12 @@ impl TrainData {
         TrainData { train, validation }.fit_to(config.model.input_size)
     }
 
-    /// The data shrunk to the network's input side when the images' side is a whole
-    /// multiple of it (105×105 Omniglot for the 35×35 `koch35` tower: by 3); as it is
-    /// when the sides already agree; an error otherwise. Koch's distortions then act
-    /// on the shrunk images, so their translations are in the shrunk pixels.
+    /// The data shrunk to the network's input side: by block means when the images'
+    /// side is a whole multiple of it (105×105 Omniglot for the 35×35 `koch35` tower:
+    /// by 3), by area resampling otherwise (105 → 28 for the batch-normalised
+    /// towers); as it is when the sides already agree; an error for a larger side.
+    /// Koch's distortions then act on the shrunk images, so their translations are in
+    /// the shrunk pixels.
     pub fn fit_to(self, input_size: usize) -> Result<Self, TrainError> {
         let Some(side) = self.train.images().first().map(GrayImage::width) else {
             return Ok(self);
@@ -65,8 +67,7 @@ impl TrainData {
             data.shrink_to(input_size).map_err(|e| {
                 TrainError::Config(format!(
                     "the network takes {input_size}×{input_size} images (model.input_size), \
-                     and {e}: choose an architecture or input size that divides the images' \
-                     side"
+                     and {e}: choose an input size no larger than the images' side"
                 ))
             })
         };
@@ -139,6 +140,13 @@ pub enum Batch {
     },
     /// K×M images `(K·M, 1, s, s)` and their class labels.
     Classes { images: Tensor, labels: Vec<usize> },
+    /// An episode's images `(way·(1 + queries), 1, s, s)`: each class's support, then
+    /// its queries ([`siamese_data::sample::Episode`]'s layout).
+    Episode {
+        images: Tensor,
+        way: usize,
+        queries: usize,
+    },
 }
 
 impl Batch {
@@ -158,6 +166,15 @@ impl Batch {
                 images: images.to_device(device)?,
                 labels,
             },
+            Batch::Episode {
+                images,
+                way,
+                queries,
+            } => Batch::Episode {
+                images: images.to_device(device)?,
+                way,
+                queries,
+            },
         })
     }
 
@@ -166,6 +183,7 @@ impl Batch {
         match self {
             Batch::Pairs { targets, .. } => targets.dims().first().copied().unwrap_or(0),
             Batch::Classes { labels, .. } => labels.len() * labels.len().saturating_sub(1) / 2,
+            Batch::Episode { way, queries, .. } => way * queries * way,
         }
     }
 }
@@ -267,6 +285,21 @@ impl Sampler {
                 })
             }
             Objective::AllPairs => self.class_batch(train, step, device),
+            Objective::Episodes(e) => {
+                let mut rng = seeded_rng(step_seed(self.seed, step, Stream::Sample));
+                let episode = sample_episode(train.index(), &e.spec(), &mut rng)?;
+                let distortion = self.config.distort.then(|| {
+                    (
+                        &self.distortion,
+                        step_seed(self.seed, step, Stream::Distort),
+                    )
+                });
+                Ok(Batch::Episode {
+                    images: episode_tensor(train, &episode, distortion, device)?,
+                    way: episode.way,
+                    queries: episode.queries,
+                })
+            }
         }
     }
 
@@ -424,6 +457,17 @@ pub(crate) mod tests {
         Dataset::from_parts(index, images).unwrap()
     }
 
+    /// Episodes that fit [`tiny_data`]: 3-way, 2 queries, rotations, distorted.
+    fn small_episodes() -> Objective {
+        Objective::Episodes(crate::config::EpisodeObjective {
+            way: 3,
+            queries: 2,
+            rotations: 4,
+            within_alphabet: 0.5,
+            bce_weight: 0.5,
+        })
+    }
+
     /// A configuration with small sets and batches for `objective` and `pairs`.
     fn small_config(objective: Objective, pairs: PairSource) -> TrainConfig {
         let mut c = TrainConfig::default();
@@ -434,6 +478,7 @@ pub(crate) mod tests {
         c.data.classes_per_batch = 3;
         c.data.images_per_class = 2;
         c.train.batch_pairs = 7;
+        c.data.distort = true;
         c
     }
 
@@ -444,6 +489,7 @@ pub(crate) mod tests {
             (Objective::AllPairs, PairSource::Online),
             (Objective::Pairs, PairSource::Online),
             (Objective::Pairs, PairSource::KochSet),
+            (small_episodes(), PairSource::Online),
         ] {
             let c = small_config(objective, pairs);
             let values = |b: Batch| -> Vec<f32> {
@@ -454,7 +500,7 @@ pub(crate) mod tests {
                         .unwrap()
                         .to_vec1()
                         .unwrap(),
-                    Batch::Classes { images, .. } => {
+                    Batch::Classes { images, .. } | Batch::Episode { images, .. } => {
                         images.flatten_all().unwrap().to_vec1().unwrap()
                     }
                 }
@@ -497,11 +543,20 @@ pub(crate) mod tests {
                     images.flatten_all().unwrap().to_vec1().unwrap(),
                     labels.iter().map(|&l| l as f32).collect(),
                 ),
+                Batch::Episode {
+                    images,
+                    way,
+                    queries,
+                } => (
+                    images.flatten_all().unwrap().to_vec1().unwrap(),
+                    vec![way as f32, queries as f32],
+                ),
             }
         };
         for (objective, pairs) in [
             (Objective::AllPairs, PairSource::Online),
             (Objective::Pairs, PairSource::KochSet),
+            (small_episodes(), PairSource::Online),
         ] {
             let c = small_config(objective, pairs);
             let mut direct = Sampler::new(&c, &data).unwrap();

@@ -1,16 +1,18 @@
-//! Training of the siamese network of Koch, Zemel & Salakhutdinov (2015) on Omniglot:
-//! Koch's layer-wise SGD schedule or Adam / AdamW, on sampled pairs or on all pairs
-//! of K×M batches, with one-shot validation, early stopping and resumable runs.
+//! Training of the siamese networks on Omniglot: Koch's layer-wise SGD schedule or
+//! Adam / AdamW, on sampled pairs, on all pairs of K×M batches, or on N-way one-shot
+//! episodes, with one-shot validation, early stopping, calibration of the head's
+//! probability and resumable runs.
 //!
 //! * [`TrainConfig`]: one struct per stage ([`DataConfig`], the model's
 //!   [`siamese_model::ModelConfig`], [`TrainingConfig`]), the presets ([`Preset`]:
-//!   `default`, `paper`, `reference`) and configuration files (JSON or TOML merged
-//!   over a preset);
+//!   `default`, `long`, `paper`, `reference`, `small`) and configuration files (JSON
+//!   or TOML merged over a preset);
 //! * [`schedule`]: Koch's schedule (learning rates × 0.99 per epoch, momentum rising
-//!   linearly from 0.5 to each layer's μⱼ), the chosen per-layer defaults, and the
-//!   optimizer of a run ([`schedule::RunOptimizer`] over [`optim`]);
-//! * [`objective`]: Koch's cross-entropy on pairs and the balanced all-pairs
-//!   objective;
+//!   linearly from 0.5 to each layer's μⱼ), the chosen per-layer defaults, step and
+//!   cosine schedules with warm-up ([`LrSchedule`]), and the optimizer of a run
+//!   ([`schedule::RunOptimizer`] over [`optim`]);
+//! * [`objective`]: Koch's cross-entropy on pairs, the balanced all-pairs
+//!   objective, and the softmax cross-entropy of one-shot episodes;
 //! * [`data`]: the batch of each step, a function of the seed and the step number
 //!   only (so resuming needs only the step);
 //! * [`train`]: the loop, validating by 20-way within-alphabet one-shot accuracy
@@ -35,11 +37,13 @@ pub mod run;
 pub mod schedule;
 mod trainer;
 
-pub use config::{DataConfig, Objective, PairSource, Preset, TrainConfig, TrainingConfig};
+pub use config::{
+    DataConfig, EpisodeObjective, Objective, PairSource, Preset, TrainConfig, TrainingConfig,
+};
 pub use data::TrainData;
 pub use error::TrainError;
 pub use run::{BestScore, RunDir, TrainState};
-pub use schedule::{AdamSettings, OptimizerKind, SgdSchedule};
+pub use schedule::{AdamSettings, LrSchedule, OptimizerKind, SgdSchedule};
 pub use trainer::{
     EarlyStopping, StepObserver, StepReport, StopReason, TrainOptions, TrainOutcome, Verdict, train,
 };

@@ -1,8 +1,10 @@
-//! The training objectives: Koch's cross-entropy on sampled pairs, and the all-pairs
-//! objective on a K×M batch.
+//! The training objectives: Koch's cross-entropy on sampled pairs, the all-pairs
+//! objective on a K×M batch, and the softmax cross-entropy of one-shot episodes.
 //!
-//! Both use [`siamese_model::bce_with_logits`] (numerically stable); Koch's L2 term is
-//! the optimizer's weight decay, not part of the loss.
+//! The binary terms use [`siamese_model::bce_with_logits`] (numerically stable);
+//! Koch's L2 term is the optimizer's weight decay, not part of the loss. Every
+//! objective embeds in training mode ([`SiameseNet::embed_train`]: batch norm by the
+//! batch's statistics).
 
 use candle_core::{Device, Tensor};
 use siamese_model::{SiameseNet, bce_with_logits};
@@ -17,8 +19,70 @@ pub fn pair_loss(
     right: &Tensor,
     targets: &Tensor,
 ) -> Result<Tensor, TrainError> {
-    let logits = net.forward_pairs(left, right)?;
+    let n = left.dim(0)?;
+    let features = net.embed_train(&Tensor::cat(&[left, right], 0)?)?;
+    let logits = net.score(&features.narrow(0, 0, n)?, &features.narrow(0, n, n)?)?;
     Ok(bce_with_logits(&logits, targets)?)
+}
+
+/// The one-shot episode objective on `images` `(way·(1 + queries), 1, s, s)` laid out
+/// class by class (support, then its queries): every image is embedded once, each
+/// query is scored by the head against the `way` supports, and the loss is the mean
+/// softmax cross-entropy of the true support, plus `bce_weight` × the balanced binary
+/// cross-entropy on the same query–support pairs (½ the mean over the `way·queries`
+/// positives, ½ over the negatives).
+pub fn episode_loss(
+    net: &SiameseNet,
+    images: &Tensor,
+    way: usize,
+    queries: usize,
+    bce_weight: f64,
+) -> Result<Tensor, TrainError> {
+    let features = net.embed_train(images)?;
+    episode_loss_from_features(&features, way, queries, bce_weight, |q, s| {
+        Ok(net.score_all(q, s)?)
+    })
+}
+
+/// [`episode_loss`] from features `(way·(1 + queries), d)` already embedded, with any
+/// head `score_all` (`(q, d)` queries and `(s, d)` supports → `(q, s)` logits).
+pub fn episode_loss_from_features(
+    features: &Tensor,
+    way: usize,
+    queries: usize,
+    bce_weight: f64,
+    score_all: impl Fn(&Tensor, &Tensor) -> Result<Tensor, TrainError>,
+) -> Result<Tensor, TrainError> {
+    let (n, d) = features.dims2()?;
+    if way < 2 || queries == 0 || n != way * (1 + queries) {
+        return Err(TrainError::Config(format!(
+            "episode loss: {n} feature rows for {way} classes × (1 + {queries}) images"
+        )));
+    }
+    let by_class = features.reshape((way, 1 + queries, d))?;
+    let supports = by_class.narrow(1, 0, 1)?.reshape((way, d))?;
+    let query_features = by_class
+        .narrow(1, 1, queries)?
+        .reshape((way * queries, d))?;
+    let logits = score_all(&query_features, &supports)?;
+    let truth: Vec<u32> = (0..way as u32)
+        .flat_map(|c| std::iter::repeat_n(c, queries))
+        .collect();
+    let device = features.device();
+    let truth = Tensor::from_vec(truth, way * queries, device)?;
+    let loss = candle_nn::loss::cross_entropy(&logits, &truth)?;
+    if bce_weight == 0.0 {
+        return Ok(loss);
+    }
+    let same = candle_nn::encoding::one_hot(truth, way, 1f32, 0f32)?.to_dtype(logits.dtype())?;
+    // Balanced: positives and negatives each weigh half whatever their counts.
+    let positives = (way * queries) as f64;
+    let negatives = positives * (way - 1) as f64;
+    let softplus = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    let per_pair = ((logits.relu()? - (&logits * &same)?)? + softplus)?;
+    let weights = same.affine(0.5 / positives - 0.5 / negatives, 0.5 / negatives)?;
+    let bce = (per_pair * weights)?.sum_all()?;
+    Ok((loss + (bce * bce_weight)?)?)
 }
 
 /// The (i < j) pairs of a batch with `labels`, split into positives (same label) and
@@ -70,7 +134,7 @@ pub fn all_pairs_loss(
     images: &Tensor,
     labels: &[usize],
 ) -> Result<Tensor, TrainError> {
-    let features = net.embed(images)?;
+    let features = net.embed_train(images)?;
     all_pairs_loss_from_features(&features, labels, |a, b| Ok(net.score(a, b)?))
 }
 
@@ -172,6 +236,62 @@ mod tests {
         let p = AllPairs::new(&[0, 0, 1, 1, 1]);
         assert_eq!((p.positives.len(), p.negatives.len()), (4, 6));
         assert_eq!(AllPairs::new(&[0, 0, 0]).negatives.len(), 0);
+    }
+
+    #[test]
+    fn episode_loss_matches_a_hand_computation() {
+        // 2-way, 2 queries: rows [support 0, q, q, support 1, q, q], 1-d features,
+        // head logit = w·|a − b| + c.
+        let f = [0.0f64, 0.5, 2.0, 3.0, 2.5, 0.25];
+        let (w, c) = (-1.5f64, 0.75);
+        let features = Var::from_vec(
+            f.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (6, 1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let score_all = |q: &Tensor, s: &Tensor| -> Result<Tensor, TrainError> {
+            let d = q.unsqueeze(1)?.broadcast_sub(&s.unsqueeze(0)?)?.abs()?;
+            Ok(((d.squeeze(2)? * w)? + c)?)
+        };
+        let supports = [f[0], f[3]];
+        let queries = [(f[1], 0), (f[2], 0), (f[4], 1), (f[5], 1)];
+        let logit = |q: f64, s: f64| w * (q - s).abs() + c;
+        let ce: f64 = queries
+            .iter()
+            .map(|&(q, t)| {
+                let l: Vec<f64> = supports.iter().map(|&s| logit(q, s)).collect();
+                let lse = l.iter().map(|v| v.exp()).sum::<f64>().ln();
+                lse - l[t]
+            })
+            .sum::<f64>()
+            / 4.0;
+        let (mut pos, mut neg) = (0.0, 0.0);
+        for &(q, t) in &queries {
+            for (j, &s) in supports.iter().enumerate() {
+                if j == t {
+                    pos += bce(logit(q, s), 1.0) / 4.0;
+                } else {
+                    neg += bce(logit(q, s), 0.0) / 4.0;
+                }
+            }
+        }
+        for bce_weight in [0.0, 0.5] {
+            let loss =
+                episode_loss_from_features(features.as_tensor(), 2, 2, bce_weight, score_all)
+                    .unwrap();
+            let expected = ce + bce_weight * (0.5 * pos + 0.5 * neg);
+            let got = loss.to_scalar::<f32>().unwrap() as f64;
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "{bce_weight}: {got} vs {expected}"
+            );
+            let grads = loss.backward().unwrap();
+            let g: Vec<Vec<f32>> = grads.get(features.as_tensor()).unwrap().to_vec2().unwrap();
+            assert!(g.iter().all(|row| row[0] != 0.0), "{g:?}");
+        }
+        // A layout that does not fit is an error, not a panic.
+        assert!(episode_loss_from_features(features.as_tensor(), 2, 3, 0.0, score_all).is_err());
     }
 
     #[test]

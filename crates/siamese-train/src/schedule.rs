@@ -176,6 +176,91 @@ impl Default for AdamSettings {
     }
 }
 
+/// A multiplier of the learning rate by step, over the optimizer's own per-epoch
+/// schedule (Koch's decay, Adam's `lr_decay`).
+///
+/// In configuration files `"constant"`, or a table:
+/// `{"step": {"every": 6000, "factor": 0.5, "warmup": 0}}` (×0.5 every 6,000 steps),
+/// `{"cosine": {"steps": 30000, "min_factor": 0.01, "warmup": 500}}`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LrSchedule {
+    /// Always 1.
+    #[default]
+    Constant,
+    /// `factor^⌊step / every⌋` (step decay; 0.5: halving).
+    Step {
+        every: u64,
+        factor: f64,
+        /// Linear warm-up over the first steps (0: none).
+        #[serde(default)]
+        warmup: u64,
+    },
+    /// Half a cosine from 1 to `min_factor` over `steps` steps, then `min_factor`.
+    Cosine {
+        steps: u64,
+        min_factor: f64,
+        /// Linear warm-up over the first steps (0: none).
+        #[serde(default)]
+        warmup: u64,
+    },
+}
+
+impl LrSchedule {
+    /// The multiplier at `step` (0-based): a function of the step alone, so that a
+    /// resumed run gets the same values.
+    pub fn factor(&self, step: u64) -> f64 {
+        let (warmup, decayed) = match *self {
+            LrSchedule::Constant => (0, 1.0),
+            LrSchedule::Step {
+                every,
+                factor,
+                warmup,
+            } => (warmup, factor.powf((step / every.max(1)) as f64)),
+            LrSchedule::Cosine {
+                steps,
+                min_factor,
+                warmup,
+            } => {
+                let t = (step.min(steps) as f64) / (steps.max(1) as f64);
+                let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+                (warmup, min_factor + (1.0 - min_factor) * cos)
+            }
+        };
+        if step < warmup {
+            decayed * (step + 1) as f64 / warmup as f64
+        } else {
+            decayed
+        }
+    }
+
+    /// Checks the values; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            LrSchedule::Constant => Ok(()),
+            LrSchedule::Step { every, factor, .. } => {
+                if every == 0 || !(factor > 0.0 && factor.is_finite()) {
+                    Err("train.lr_schedule.step: every must be ≥ 1 and factor positive".into())
+                } else {
+                    Ok(())
+                }
+            }
+            LrSchedule::Cosine {
+                steps, min_factor, ..
+            } => {
+                if steps == 0 || !(0.0..=1.0).contains(&min_factor) {
+                    Err(
+                        "train.lr_schedule.cosine: steps must be ≥ 1 and min_factor in [0, 1]"
+                            .into(),
+                    )
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
 /// Which optimizer a run trains with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -279,6 +364,12 @@ impl RunOptimizer {
     /// Sets the hyper-parameters of `epoch` (learning-rate decay, momentum ramp).
     /// A function of the epoch only, so a resumed run gets the same values.
     pub fn set_epoch(&mut self, epoch: u64) {
+        self.set_position(epoch, 1.0);
+    }
+
+    /// [`set_epoch`](Self::set_epoch), with every learning rate multiplied by
+    /// `lr_factor` (an [`LrSchedule::factor`]).
+    pub fn set_position(&mut self, epoch: u64, lr_factor: f64) {
         match self {
             RunOptimizer::Sgd {
                 opt,
@@ -287,13 +378,14 @@ impl RunOptimizer {
             } => {
                 for (h, l) in opt.hypers_mut().zip(last.iter()) {
                     *h = schedule.at(l, epoch);
+                    h.lr *= lr_factor;
                 }
             }
             RunOptimizer::Adam {
                 opt,
                 base_lr,
                 lr_decay,
-            } => opt.set_learning_rate(lr_at(*base_lr, *lr_decay, epoch)),
+            } => opt.set_learning_rate(lr_at(*base_lr, *lr_decay, epoch) * lr_factor),
         }
     }
 
@@ -388,6 +480,54 @@ mod tests {
         assert_eq!(momentum_at(0.5, 0.9, 20, 20), 0.9);
         assert_eq!(momentum_at(0.5, 0.9, 20, 500), 0.9);
         assert_eq!(momentum_at(0.5, 0.9, 0, 0), 0.9);
+    }
+
+    #[test]
+    fn lr_schedules_by_step() {
+        assert_eq!(LrSchedule::Constant.factor(12345), 1.0);
+        let step = LrSchedule::Step {
+            every: 100,
+            factor: 0.5,
+            warmup: 0,
+        };
+        assert_eq!(
+            [0, 99, 100, 250].map(|s| step.factor(s)),
+            [1.0, 1.0, 0.5, 0.25]
+        );
+        let warm = LrSchedule::Step {
+            every: 100,
+            factor: 0.5,
+            warmup: 4,
+        };
+        assert_eq!([0, 1, 3, 4].map(|s| warm.factor(s)), [0.25, 0.5, 1.0, 1.0]);
+        let cos = LrSchedule::Cosine {
+            steps: 100,
+            min_factor: 0.1,
+            warmup: 0,
+        };
+        assert_eq!(cos.factor(0), 1.0);
+        assert!((cos.factor(50) - 0.55).abs() < 1e-12);
+        assert!((cos.factor(100) - 0.1).abs() < 1e-12);
+        assert!((cos.factor(1000) - 0.1).abs() < 1e-12);
+        assert!(
+            LrSchedule::Step {
+                every: 0,
+                factor: 0.5,
+                warmup: 0
+            }
+            .validate()
+            .is_err()
+        );
+        let text = r#"{"step": {"every": 6000, "factor": 0.5}}"#;
+        let parsed: LrSchedule = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            parsed,
+            LrSchedule::Step {
+                every: 6000,
+                factor: 0.5,
+                warmup: 0
+            }
+        );
     }
 
     #[test]

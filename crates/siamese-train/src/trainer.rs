@@ -10,7 +10,10 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use siamese_data::Part;
-use siamese_eval::{EvalOptions, EvalReport, KOCH_WAY, TrialSet, evaluate, siamese_scorer};
+use siamese_data::sample::NegativeFrom;
+use siamese_eval::{
+    EvalOptions, EvalReport, KOCH_WAY, TrialSet, evaluate, fit_platt, pair_logits, siamese_scorer,
+};
 use siamese_model::{SiameseNet, select_device};
 use tracing::{info, warn};
 
@@ -18,7 +21,7 @@ use crate::TrainError;
 use crate::config::{Objective, TrainConfig};
 use crate::data::{Batch, Prefetch, Sampler, TrainData};
 use crate::metrics::{MetricLine, MetricsLog};
-use crate::objective::{all_pairs_loss, pair_loss};
+use crate::objective::{all_pairs_loss, episode_loss, pair_loss};
 use crate::plot::draw_plots;
 use crate::run::{BestScore, RunDir, TrainState, load_checkpoint, save_checkpoint};
 use crate::schedule::RunOptimizer;
@@ -52,6 +55,9 @@ pub struct TrainOptions {
     /// way.
     pub prefetch_batches: Option<usize>,
 }
+
+/// Balanced validation pairs the head's calibration is fitted on.
+const CALIBRATION_PAIRS: usize = 4000;
 
 /// Batches made ahead on a GPU by default.
 const DEFAULT_PREFETCH: usize = 2;
@@ -401,7 +407,8 @@ impl<'a> Trainer<'a> {
             let step = self.state.step;
             let epoch = self.epoch_of(step);
             let tick = Instant::now();
-            self.optimizer.set_epoch(epoch);
+            self.optimizer
+                .set_position(epoch, t.lr_schedule.factor(step));
             let batch = batches.next(&self.data.train, step, &self.device)?;
             let n_pairs = batch.pair_count();
             let loss = match (&batch, t.objective) {
@@ -416,6 +423,14 @@ impl<'a> Trainer<'a> {
                 (Batch::Classes { images, labels }, Objective::AllPairs) => {
                     all_pairs_loss(&self.net, images, labels)?
                 }
+                (
+                    Batch::Episode {
+                        images,
+                        way,
+                        queries,
+                    },
+                    Objective::Episodes(e),
+                ) => episode_loss(&self.net, images, *way, *queries, e.bce_weight)?,
                 _ => unreachable!("the sampler makes the objective's batches"),
             };
             let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
@@ -495,6 +510,9 @@ impl<'a> Trainer<'a> {
         self.save_last()?;
         self.redraw();
         self.bar.finish_and_clear();
+        if t.calibrate && reason != StopReason::Interrupted && self.state.best.is_some() {
+            self.calibrate_best()?;
+        }
         let best = self.state.best;
         info!(
             "stopped after step {} (epoch {}): {}; best validation accuracy {}; run folder {}",
@@ -590,6 +608,49 @@ impl<'a> Trainer<'a> {
             ..EvalOptions::default()
         };
         Ok(evaluate(&scorer, &self.validation, &options)?)
+    }
+
+    /// Platt scaling of the `best` checkpoint's head on balanced pairs of the
+    /// validation alphabets (see [`crate::config::TrainingConfig::calibrate`]),
+    /// written into it with the fitted values in its provenance.
+    fn calibrate_best(&self) -> Result<(), TrainError> {
+        let path = self.run.best_dir().join("model.safetensors");
+        let (net, info) = SiameseNet::load(&path, Some(&self.config.model), &self.device)?;
+        let scorer = siamese_scorer(&net, "calibration");
+        let options = EvalOptions {
+            embed_batch: self.config.train.eval_batch,
+            keep_trials: false,
+            ..EvalOptions::default()
+        };
+        let (logits, same) = pair_logits(
+            &scorer,
+            &self.data.validation,
+            CALIBRATION_PAIRS,
+            NegativeFrom::SameAlphabet,
+            self.config.data.validation_seed,
+            &options,
+        )?;
+        let (scale, shift) = fit_platt(&logits, &same)?;
+        let mut provenance = info.provenance;
+        if let Some(map) = provenance.as_object_mut() {
+            map.insert(
+                "calibration".into(),
+                serde_json::json!({
+                    "scale": scale,
+                    "shift": shift,
+                    "pairs": CALIBRATION_PAIRS,
+                    "data": format!("{}/{}", self.config.data.split, Part::Validation),
+                    "negatives": NegativeFrom::SameAlphabet,
+                }),
+            );
+        }
+        net.with_head_affine(scale, shift)?
+            .save(&path, &provenance)?;
+        info!(
+            "calibrated the best checkpoint's probabilities on {CALIBRATION_PAIRS} validation \
+             pairs: logit × {scale:.4} {shift:+.4}"
+        );
+        Ok(())
     }
 
     fn save_last(&mut self) -> Result<(), TrainError> {

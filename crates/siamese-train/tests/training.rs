@@ -11,8 +11,8 @@ use siamese_data::{Dataset, DatasetIndex, seeded_rng};
 use siamese_model::{Arch, ModelConfig};
 use siamese_train::metrics::{MetricLine, read_metrics};
 use siamese_train::{
-    Objective, OptimizerKind, PairSource, RunDir, StepReport, StopReason, TrainConfig, TrainData,
-    TrainError, TrainOptions, TrainState, train,
+    EpisodeObjective, LrSchedule, Objective, OptimizerKind, PairSource, RunDir, StepReport,
+    StopReason, TrainConfig, TrainData, TrainError, TrainOptions, TrainState, train,
 };
 
 const SIDE: usize = 24;
@@ -35,7 +35,7 @@ fn tiny_data() -> TrainData {
 }
 
 fn tiny_config() -> TrainConfig {
-    let mut c = TrainConfig::default_preset();
+    let mut c = TrainConfig::small();
     c.model = ModelConfig {
         arch: Arch::Koch35,
         input_size: SIDE,
@@ -66,6 +66,34 @@ fn tiny_paper_config() -> TrainConfig {
     c.train.sgd.momentum_ramp_epochs = 2;
     c.train.sgd.lr_decay = 0.5;
     c.train.max_steps = Some(8);
+    c
+}
+
+/// The default recipe in miniature: a batch-normalised tower (8 filters, 2 blocks)
+/// trained on 3-way episodes with 2 queries, rotations as classes, Koch's
+/// distortions, the balanced BCE term, the learning rate halved every 2 steps, and
+/// the calibration at the end.
+fn tiny_episodes_config() -> TrainConfig {
+    let mut c = tiny_config();
+    c.model = ModelConfig {
+        arch: Arch::ConvBn { width: 8, depth: 2 },
+        input_size: SIDE,
+    };
+    c.data.distort = true;
+    c.train.objective = Objective::Episodes(EpisodeObjective {
+        way: 3,
+        queries: 2,
+        rotations: 4,
+        within_alphabet: 0.5,
+        bce_weight: 0.5,
+    });
+    c.train.adam.lr = 1e-3;
+    c.train.lr_schedule = LrSchedule::Step {
+        every: 2,
+        factor: 0.5,
+        warmup: 1,
+    };
+    c.train.calibrate = true;
     c
 }
 
@@ -144,6 +172,60 @@ fn resume_is_exact(config: TrainConfig, split_at: u64) {
 #[test]
 fn all_pairs_with_adam_resumes_exactly() {
     resume_is_exact(tiny_config(), 3);
+}
+
+#[test]
+fn episodes_on_a_batch_normalised_tower_resume_exactly() {
+    // The running statistics are in the compared checkpoints.
+    resume_is_exact(tiny_episodes_config(), 3);
+}
+
+/// The new tower trains a few steps, its best checkpoint holds the running
+/// statistics and a calibrated head, and it evaluates in inference mode to the
+/// validation accuracy the trainer recorded.
+#[test]
+fn a_batch_normalised_tower_trains_calibrates_and_evaluates() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let config = tiny_episodes_config();
+    let run = RunDir::create(root.path(), Some("bn")).unwrap();
+    let out = train(&run, &config, &data, &options()).unwrap();
+    let best = out.best.expect("validated");
+    let path = run.best_dir().join("model.safetensors");
+    let info = siamese_model::read_checkpoint_info(&path).unwrap();
+    let calibration = &info.provenance["calibration"];
+    assert!(
+        calibration["scale"].as_f64().unwrap() > 0.0,
+        "{calibration}"
+    );
+    let names: Vec<String> = weights(&path).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names.contains(&"tower.block2.bn.running_var".to_string()),
+        "{names:?}"
+    );
+    let (net, _) =
+        siamese_model::SiameseNet::load(&path, Some(&config.model), &candle_core::Device::Cpu)
+            .unwrap();
+    // Trained statistics, not the initial ones.
+    assert!(
+        net.running_stats()
+            .iter()
+            .all(|s| s.var.iter().any(|&v| v != 1.0))
+    );
+    let trials = siamese_eval::TrialSet::koch(
+        &data.validation,
+        siamese_eval::KOCH_WAY,
+        config.data.validation_trials,
+        config.data.validation_seed,
+    )
+    .unwrap();
+    let report = siamese_eval::evaluate(
+        &siamese_eval::siamese_scorer(&net, "best"),
+        &trials,
+        &siamese_eval::EvalOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(report.accuracy, best.accuracy);
 }
 
 #[test]
@@ -316,7 +398,7 @@ fn early_stopping_ends_a_run() {
 }
 
 #[test]
-fn data_is_shrunk_to_a_smaller_network_input_by_a_whole_factor() {
+fn data_is_shrunk_to_a_smaller_network_input() {
     let data = tiny_data();
     let fitted = data.clone().fit_to(SIDE / 2).unwrap();
     for (part, fitted) in [
@@ -330,7 +412,16 @@ fn data_is_shrunk_to_a_smaller_network_input_by_a_whole_factor() {
     }
     let same = data.clone().fit_to(SIDE).unwrap();
     assert_eq!(same.train.images(), data.train.images());
-    for bad in [SIDE - 1, 2 * SIDE, 0] {
+    // Not a whole factor: area resampling.
+    let area = data.clone().fit_to(SIDE - 5).unwrap();
+    assert!(area.train.images().iter().all(|i| i.width() == SIDE - 5));
+    assert_eq!(
+        area.train.images()[3],
+        data.train.images()[3]
+            .resize_area(SIDE - 5, SIDE - 5)
+            .unwrap()
+    );
+    for bad in [2 * SIDE, 0] {
         let Err(TrainError::Config(msg)) = data.clone().fit_to(bad) else {
             panic!("input size {bad} accepted");
         };

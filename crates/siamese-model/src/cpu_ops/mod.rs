@@ -37,6 +37,8 @@
 //!   order (top-left, top-right, bottom-left, bottom-right), as in PyTorch; candle's
 //!   stock backward spreads it over all maxima.
 
+mod bn;
+pub use bn::ChannelStats;
 mod conv;
 mod fft;
 mod linear;
@@ -186,6 +188,92 @@ pub fn max_pool2x2_stock(x: &Tensor) -> Result<Tensor> {
         .reshape((n, c, oh, 2, ow, 2))?
         .max(5)?
         .max(3)
+}
+
+/// The statistics batch norm normalises with.
+#[derive(Debug, Clone, Copy)]
+pub enum BatchNormStats<'a> {
+    /// The batch's own mean and biased variance per channel (training mode).
+    Batch,
+    /// Given per-channel mean and variance (inference mode: the running statistics).
+    Running { mean: &'a [f32], var: &'a [f32] },
+}
+
+/// `max_pool2x2(relu(γ · (x − μ) / √(σ² + eps) + β))` per channel of `x (n, c, h,
+/// w)`, with `γ`, `β` `(c,)`: batch norm, ReLU and a 2×2 stride-2 max-pool (floor),
+/// to `(n, c, h/2, w/2)`. Returns also, with [`BatchNormStats::Batch`], the batch's
+/// per-channel mean and biased variance (for the running statistics).
+///
+/// On the CPU (f32/f64) one fused custom op does it, forward and backward
+/// (gradient to the first maximum of each window, zero where the output is zero);
+/// elsewhere candle's stock ops ([`batch_norm_relu_pool2x2_stock`]).
+pub fn batch_norm_relu_pool2x2(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: BatchNormStats<'_>,
+    eps: f64,
+) -> Result<(Tensor, Option<bn::ChannelStats>)> {
+    if !fast_path(&[x, gamma, beta]) {
+        return batch_norm_relu_pool2x2_stock(x, gamma, beta, stats, eps);
+    }
+    let (x, gamma, beta) = (x.contiguous()?, gamma.contiguous()?, beta.contiguous()?);
+    match stats {
+        BatchNormStats::Batch => {
+            let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let op = bn::BnReluPool {
+                eps,
+                norm: bn::Norm::Batch(slot.clone()),
+            };
+            let y = x.apply_op3(&gamma, &beta, op)?;
+            let stats = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Ok((y, stats))
+        }
+        BatchNormStats::Running { mean, var } => {
+            let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
+            let op = bn::BnReluPool {
+                eps,
+                norm: bn::Norm::Fixed((widen(mean), widen(var))),
+            };
+            Ok((x.apply_op3(&gamma, &beta, op)?, None))
+        }
+    }
+}
+
+/// [`batch_norm_relu_pool2x2`] with candle's stock ops (any device; the reference
+/// the fused op is tested against).
+pub fn batch_norm_relu_pool2x2_stock(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: BatchNormStats<'_>,
+    eps: f64,
+) -> Result<(Tensor, Option<bn::ChannelStats>)> {
+    let c = x.dim(1)?;
+    let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
+    let (mean, var, batch) = match stats {
+        BatchNormStats::Batch => {
+            let mean = x.mean_keepdim((0, 2, 3))?;
+            let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+            let values = |t: &Tensor| -> Result<Vec<f64>> {
+                Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+            };
+            let batch = (values(&mean)?, values(&var)?);
+            (mean, var, Some(batch))
+        }
+        BatchNormStats::Running { mean, var } => {
+            let t =
+                |v: &[f32]| Tensor::from_slice(v, (1, c, 1, 1), x.device())?.to_dtype(x.dtype());
+            (t(mean)?, t(var)?, None)
+        }
+    };
+    let xhat = x
+        .broadcast_sub(&mean)?
+        .broadcast_div(&(var + eps)?.sqrt()?)?;
+    let z = xhat
+        .broadcast_mul(&per_channel(gamma)?)?
+        .broadcast_add(&per_channel(beta)?)?;
+    Ok((max_pool2x2_stock(&z.relu()?)?, batch))
 }
 
 /// The inputs of a three-input custom op (input, weight, bias).

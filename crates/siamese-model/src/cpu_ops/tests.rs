@@ -624,3 +624,143 @@ fn check_finite_differences(
     }
     Ok(())
 }
+
+mod batch_norm {
+    use super::*;
+    use crate::cpu_ops::{BatchNormStats, batch_norm_relu_pool2x2, batch_norm_relu_pool2x2_stock};
+
+    /// (n, c, h, w): odd sizes (a dropped last row / column), one image, one channel.
+    const BN_SHAPES: [(usize, usize, usize, usize); 5] = [
+        (2, 3, 4, 4),
+        (3, 2, 7, 5),
+        (1, 4, 6, 9),
+        (5, 1, 3, 3),
+        (4, 8, 14, 14),
+    ];
+
+    fn gamma_beta(r: &mut ChaCha8Rng, c: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        // Some scales negative, so that the window's maximum is the input's minimum.
+        let g: Vec<f64> = (0..c)
+            .map(|i| {
+                let m = r.random_range(0.5..1.5);
+                if i % 3 == 2 { -m } else { m }
+            })
+            .collect();
+        let b: Vec<f64> = (0..c).map(|_| r.random_range(-0.5..0.5)).collect();
+        Ok((
+            Tensor::from_vec(g, c, &Device::Cpu)?.to_dtype(dtype)?,
+            Tensor::from_vec(b, c, &Device::Cpu)?.to_dtype(dtype)?,
+        ))
+    }
+
+    #[test]
+    fn fused_batch_norm_matches_stock_in_both_modes() -> Result<()> {
+        let mut r = rng(7);
+        for &(n, c, h, w) in &BN_SHAPES {
+            let x = Var::from_tensor(&randn(&mut r, &[n, c, h, w], DType::F32)?)?;
+            let (g, b) = gamma_beta(&mut r, c, DType::F32)?;
+            let (g, b) = (Var::from_tensor(&g)?, Var::from_tensor(&b)?);
+            let dy = randn(&mut r, &[n, c, h / 2, w / 2], DType::F32)?;
+            let mean: Vec<f32> = (0..c).map(|i| 0.1 * i as f32 - 0.2).collect();
+            let var: Vec<f32> = (0..c).map(|i| 0.5 + 0.25 * i as f32).collect();
+            let modes = [
+                BatchNormStats::Batch,
+                BatchNormStats::Running {
+                    mean: &mean,
+                    var: &var,
+                },
+            ];
+            for stats in modes {
+                let what = format!("{:?} {stats:?}", (n, c, h, w));
+                let (fused, fs) = batch_norm_relu_pool2x2(&x, &g, &b, stats, 1e-5)?;
+                let (stock, ss) = batch_norm_relu_pool2x2_stock(&x, &g, &b, stats, 1e-5)?;
+                assert_close(&format!("{what} forward"), &fused, &stock, 1e-5)?;
+                match (fs, ss) {
+                    (Some((fm, fv)), Some((sm, sv))) => {
+                        for (a, e) in fm.iter().zip(&sm).chain(fv.iter().zip(&sv)) {
+                            assert!((a - e).abs() < 1e-5, "{what}: stats {a} vs {e}");
+                        }
+                    }
+                    (None, None) => {}
+                    other => panic!("{what}: statistics {other:?}"),
+                }
+                let gf = (fused * &dy)?.sum_all()?.backward()?;
+                let gs = (stock * &dy)?.sum_all()?.backward()?;
+                for (name, v) in [
+                    ("x", x.as_tensor()),
+                    ("γ", g.as_tensor()),
+                    ("β", b.as_tensor()),
+                ] {
+                    let (a, e) = (gf.get(v).unwrap(), gs.get(v).unwrap());
+                    assert_close(&format!("{what} d{name}"), a, e, 1e-4)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn batch_norm_matches_a_hand_computation() -> Result<()> {
+        // One channel, two 2×2 images: one window each.
+        let x = Tensor::new(
+            &[[[[1f64, 2.], [3., 4.]]], [[[0., -2.], [6., 2.]]]],
+            &Device::Cpu,
+        )?;
+        let (g, b) = (
+            Tensor::new(&[2f64], &Device::Cpu)?,
+            Tensor::new(&[0.5f64], &Device::Cpu)?,
+        );
+        let values = [1., 2., 3., 4., 0., -2., 6., 2.];
+        let mean = values.iter().sum::<f64>() / 8.0; // 2
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 8.0; // 42 / 8
+        assert_eq!((mean, var), (2.0, 5.25));
+        let eps = 1e-5;
+        let z = |v: f64| 2.0 * (v - mean) / (var + eps).sqrt() + 0.5;
+        let (y, stats) = batch_norm_relu_pool2x2(&x, &g, &b, BatchNormStats::Batch, eps)?;
+        let y = y.flatten_all()?.to_vec1::<f64>()?;
+        assert!(
+            (y[0] - z(4.0)).abs() < 1e-12 && (y[1] - z(6.0)).abs() < 1e-12,
+            "{y:?}"
+        );
+        let (m, v) = stats.unwrap();
+        assert!((m[0] - 2.0).abs() < 1e-12 && (v[0] - 5.25).abs() < 1e-12);
+        // Inference: the given statistics, a window whose maximum is negative gives 0.
+        let running = BatchNormStats::Running {
+            mean: &[10.0],
+            var: &[4.0],
+        };
+        let (y, none) = batch_norm_relu_pool2x2(&x, &g, &b, running, 0.0)?;
+        assert!(none.is_none());
+        let y = y.flatten_all()?.to_vec1::<f64>()?;
+        // max over window 1: 2·(4 − 10)/2 + 0.5 < 0 → 0; window 2: 2·(6 − 10)/2 + 0.5 < 0.
+        assert_eq!(y, [0.0, 0.0]);
+        Ok(())
+    }
+
+    #[test]
+    fn batch_norm_gradients_match_finite_differences() -> Result<()> {
+        let mut r = rng(11);
+        for &(n, c, h, w) in &BN_SHAPES[..4] {
+            let x = randn(&mut r, &[n, c, h, w], DType::F64)?;
+            let (g, b) = gamma_beta(&mut r, c, DType::F64)?;
+            let dy = randn(&mut r, &[n, c, h / 2, w / 2], DType::F64)?;
+            let mean: Vec<f32> = vec![0.1; c];
+            let var: Vec<f32> = vec![0.7; c];
+            for train in [true, false] {
+                let stats = if train {
+                    BatchNormStats::Batch
+                } else {
+                    BatchNormStats::Running {
+                        mean: &mean,
+                        var: &var,
+                    }
+                };
+                check_finite_differences(&[&x, &g, &b], |p| {
+                    let (y, _) = batch_norm_relu_pool2x2(&p[0], &p[1], &p[2], stats, 1e-5)?;
+                    (y * &dy)?.sum_all()
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
