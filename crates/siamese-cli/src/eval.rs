@@ -10,7 +10,7 @@ use siamese_data::sample::TaskSpec;
 use siamese_data::{OmniglotSet, Part, SplitName};
 use siamese_eval::{
     EvalOptions, EvalReport, ModifiedHausdorff, OneShotScorer, PixelNn, TrialSet, evaluate,
-    koch_trial_count, save_sheet, siamese_scorer,
+    koch_trial_count, save_sheet, siamese_scorer_shifted,
 };
 use siamese_model::{SiameseNet, select_device};
 
@@ -74,6 +74,10 @@ pub struct EvalArgs {
     /// Device for the network: auto, cpu, cuda[:N], metal.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Test-time augmentation: embed each image as the mean of the tower's features
+    /// of it and of four copies shifted by this many pixels (0: off).
+    #[arg(long, value_name = "PIXELS", default_value_t = 0)]
+    pub tta_shift: usize,
     /// Images per embedding batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
@@ -96,7 +100,11 @@ pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
         Method::Siamese => {
             let (net, path) = load_model(args.model.as_deref(), &args.device)?;
             let name = format!("siamese {}", path.display());
-            run_with(&siamese_scorer(&net, &name), args, progress)
+            run_with(
+                &siamese_scorer_shifted(&net, &name, args.tta_shift),
+                args,
+                progress,
+            )
         }
         Method::Hausdorff => run_with(&ModifiedHausdorff::default(), args, progress),
         Method::PixelNn => run_with(&PixelNn, args, progress),

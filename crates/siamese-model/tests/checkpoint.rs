@@ -163,3 +163,46 @@ fn missing_and_corrupt_files_are_clear_errors() {
         "{err:?}"
     );
 }
+
+/// A batch-normalised network whose running statistics have moved saves them,
+/// loads them back (for inference and for training) and scores identically.
+#[test]
+fn batch_norm_statistics_round_trip() {
+    let config = ModelConfig::new(Arch::CONV4);
+    let (net, _) = SiameseNet::init(config, 3, &Device::Cpu).unwrap();
+    let before = net.running_stats();
+    net.embed_train(&images(6, 28, 4)).unwrap();
+    let moved = net.running_stats();
+    assert_ne!(before, moved, "training mode updates the running statistics");
+    // Inference leaves them alone.
+    net.embed(&images(6, 28, 5)).unwrap();
+    assert_eq!(net.running_stats(), moved);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    net.save(&path, &serde_json::Value::Null).unwrap();
+    let (left, right) = (images(4, 28, 6), images(4, 28, 7));
+    let want: Vec<f32> = net.forward_pairs(&left, &right).unwrap().to_vec1().unwrap();
+    let (loaded, info) = SiameseNet::load(&path, Some(&config), &Device::Cpu).unwrap();
+    assert_eq!(info.config, config);
+    assert_eq!(loaded.running_stats(), moved);
+    let got: Vec<f32> = loaded
+        .forward_pairs(&left, &right)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(got, want);
+    let (trainable, _, _) = SiameseNet::load_trainable(&path, Some(&config), &Device::Cpu).unwrap();
+    assert_eq!(trainable.running_stats(), moved);
+    // A checkpoint without the statistics is refused by name.
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.remove("tower.block3.bn.running_mean");
+    let partial = dir.path().join("partial.safetensors");
+    let metadata = std::collections::HashMap::from([
+        ("format".to_string(), siamese_model::CHECKPOINT_FORMAT.to_string()),
+        ("config".to_string(), serde_json::to_string(&config).unwrap()),
+    ]);
+    safetensors::serialize_to_file(tensors, Some(metadata), &partial).unwrap();
+    let err = SiameseNet::load(&partial, None, &Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("tower.block3.bn.running_mean"), "{err}");
+}

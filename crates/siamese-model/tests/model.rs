@@ -391,3 +391,64 @@ fn lecun_init_scales_the_fully_connected_weights_and_avoids_saturation() {
     assert_eq!("LeCun".parse::<InitScheme>().unwrap(), InitScheme::Lecun);
     assert!("xavier".parse::<InitScheme>().is_err());
 }
+
+#[test]
+fn the_batch_normalised_family_is_configured_by_width_depth_and_input_size() {
+    let conv4 = ModelConfig::new(Arch::CONV4);
+    assert_eq!(conv4.input_size, 28);
+    assert_eq!(conv4.embed_dim().unwrap(), 64); // 28 → 14 → 7 → 3 → 1
+    // 4 kernels (1·9·64 + 3·64·9·64), γ and β of 4 blocks, the head.
+    assert_eq!(
+        conv4.num_params().unwrap(),
+        9 * 64 + 3 * 9 * 64 * 64 + 4 * 2 * 64 + 64 + 1
+    );
+    assert_eq!(conv4.buffer_specs().unwrap().len(), 8);
+    let wide = ModelConfig {
+        arch: Arch::ConvBn { width: 32, depth: 3 },
+        input_size: 35,
+    };
+    assert_eq!(wide.embed_dim().unwrap(), 32 * 4 * 4); // 35 → 17 → 8 → 4
+    assert!(
+        ModelConfig {
+            arch: Arch::CONV4,
+            input_size: 15
+        }
+        .num_params()
+        .is_err()
+    );
+    for (name, arch) in [
+        ("conv4", Arch::CONV4),
+        ("conv-bn-32x3", Arch::ConvBn { width: 32, depth: 3 }),
+        ("koch35", Arch::Koch35),
+    ] {
+        assert_eq!(name.parse::<Arch>().unwrap(), arch);
+        assert_eq!(arch.to_string(), name);
+    }
+    assert!("conv-bn-0x3".parse::<Arch>().is_err());
+    // Koch's towers stay strings in JSON, the family is a table.
+    assert_eq!(
+        serde_json::to_string(&ModelConfig::new(Arch::Koch)).unwrap(),
+        r#"{"arch":"koch","input_size":105}"#
+    );
+    let json = serde_json::to_string(&wide).unwrap();
+    assert_eq!(
+        json,
+        r#"{"arch":{"conv-bn":{"width":32,"depth":3}},"input_size":35}"#
+    );
+    assert_eq!(serde_json::from_str::<ModelConfig>(&json).unwrap(), wide);
+
+    // Embeddings of the configured width; inference does not depend on the batch.
+    let (net, _) = SiameseNet::init(wide, 1, &Device::Cpu).unwrap();
+    let x = images(5, 35, 3);
+    let all = net.embed(&x).unwrap();
+    assert_eq!(all.dims(), &[5, 512]);
+    let one = net.embed(&x.narrow(0, 2, 1).unwrap()).unwrap();
+    let row: Vec<f32> = all.get(2).unwrap().to_vec1().unwrap();
+    assert_eq!(one.get(0).unwrap().to_vec1::<f32>().unwrap(), row);
+    // The untrained head scores by negative L1 distance: identical images score
+    // highest.
+    let s = net.score_all(&all, &all).unwrap().to_vec2::<f32>().unwrap();
+    for (i, r) in s.iter().enumerate() {
+        assert!(r.iter().enumerate().all(|(j, &v)| j == i || v < r[i]), "{r:?}");
+    }
+}
