@@ -7,6 +7,7 @@ mod bench_train;
 mod data_source;
 mod eval;
 mod info;
+mod plot;
 mod predict;
 mod train;
 
@@ -47,6 +48,9 @@ enum Command {
     Classify(predict::ClassifyArgs),
     /// Train the network into runs/<name>/ (or continue one with --resume).
     Train(Box<train::TrainArgs>),
+    /// Draw the learning curves of runs (validation accuracy against minutes) into one
+    /// PNG.
+    Plot(plot::PlotArgs),
     /// Measure throughput (one JSON line with --json).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -79,6 +83,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => predict::run_verify(&args, progress),
         Command::Compare(args) => predict::compare(&args),
         Command::Classify(args) => predict::classify(&args),
+        Command::Plot(args) => plot::run(&args),
         Command::Bench(cmd) => bench::run(&cmd, progress),
     }
 }

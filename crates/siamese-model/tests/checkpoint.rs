@@ -173,7 +173,10 @@ fn batch_norm_statistics_round_trip() {
     let before = net.running_stats();
     net.embed_train(&images(6, 28, 4)).unwrap();
     let moved = net.running_stats();
-    assert_ne!(before, moved, "training mode updates the running statistics");
+    assert_ne!(
+        before, moved,
+        "training mode updates the running statistics"
+    );
     // Inference leaves them alone.
     net.embed(&images(6, 28, 5)).unwrap();
     assert_eq!(net.running_stats(), moved);
@@ -199,10 +202,18 @@ fn batch_norm_statistics_round_trip() {
     tensors.remove("tower.block3.bn.running_mean");
     let partial = dir.path().join("partial.safetensors");
     let metadata = std::collections::HashMap::from([
-        ("format".to_string(), siamese_model::CHECKPOINT_FORMAT.to_string()),
-        ("config".to_string(), serde_json::to_string(&config).unwrap()),
+        (
+            "format".to_string(),
+            siamese_model::CHECKPOINT_FORMAT.to_string(),
+        ),
+        (
+            "config".to_string(),
+            serde_json::to_string(&config).unwrap(),
+        ),
     ]);
     safetensors::serialize_to_file(tensors, Some(metadata), &partial).unwrap();
-    let err = SiameseNet::load(&partial, None, &Device::Cpu).unwrap_err().to_string();
+    let err = SiameseNet::load(&partial, None, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("tower.block3.bn.running_mean"), "{err}");
 }

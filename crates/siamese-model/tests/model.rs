@@ -404,7 +404,10 @@ fn the_batch_normalised_family_is_configured_by_width_depth_and_input_size() {
     );
     assert_eq!(conv4.buffer_specs().unwrap().len(), 8);
     let wide = ModelConfig {
-        arch: Arch::ConvBn { width: 32, depth: 3 },
+        arch: Arch::ConvBn {
+            width: 32,
+            depth: 3,
+        },
         input_size: 35,
     };
     assert_eq!(wide.embed_dim().unwrap(), 32 * 4 * 4); // 35 → 17 → 8 → 4
@@ -418,7 +421,13 @@ fn the_batch_normalised_family_is_configured_by_width_depth_and_input_size() {
     );
     for (name, arch) in [
         ("conv4", Arch::CONV4),
-        ("conv-bn-32x3", Arch::ConvBn { width: 32, depth: 3 }),
+        (
+            "conv-bn-32x3",
+            Arch::ConvBn {
+                width: 32,
+                depth: 3,
+            },
+        ),
         ("koch35", Arch::Koch35),
     ] {
         assert_eq!(name.parse::<Arch>().unwrap(), arch);
@@ -449,6 +458,9 @@ fn the_batch_normalised_family_is_configured_by_width_depth_and_input_size() {
     // highest.
     let s = net.score_all(&all, &all).unwrap().to_vec2::<f32>().unwrap();
     for (i, r) in s.iter().enumerate() {
-        assert!(r.iter().enumerate().all(|(j, &v)| j == i || v < r[i]), "{r:?}");
+        assert!(
+            r.iter().enumerate().all(|(j, &v)| j == i || v < r[i]),
+            "{r:?}"
+        );
     }
 }

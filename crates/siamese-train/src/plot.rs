@@ -227,9 +227,131 @@ fn draw_validation(
     Ok(())
 }
 
+/// Validation accuracy against minutes of training, one point per validation: the
+/// training time of a validation is that of the last train line at or before its
+/// step (`elapsed_s`, which counts every invocation of a resumed run).
+pub fn validation_by_minutes(lines: &[MetricLine]) -> Vec<(f64, f64)> {
+    let mut seconds = 0.0;
+    let mut points = Vec::new();
+    for line in lines {
+        match line {
+            MetricLine::Train { elapsed_s, .. } => seconds = *elapsed_s,
+            MetricLine::Validation { accuracy, .. } => points.push((seconds / 60.0, *accuracy)),
+        }
+    }
+    points
+}
+
+/// Draws the learning curves of several runs into one PNG at `path` (written
+/// atomically): validation accuracy against minutes of training, one coloured line
+/// per `(label, metrics)` run, the y axis from the lowest accuracy shown.
+pub fn draw_curves(path: &Path, runs: &[(String, Vec<MetricLine>)]) -> Result<(), String> {
+    let text = text_available();
+    let curves: Vec<(&str, Vec<(f64, f64)>)> = runs
+        .iter()
+        .map(|(label, lines)| (label.as_str(), validation_by_minutes(lines)))
+        .filter(|(_, points)| !points.is_empty())
+        .collect();
+    if curves.is_empty() {
+        return Err("no validation lines in the runs' metrics".into());
+    }
+    atomic_png(path, |tmp| {
+        let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        let all = curves.iter().flat_map(|(_, p)| p.iter());
+        let xs = x_range(all.clone().map(|p| p.0));
+        let y_min = all.map(|p| p.1).fold(1.0f64, f64::min);
+        let y_lo = ((y_min * 10.0).floor() / 10.0).clamp(0.0, 0.9);
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(15);
+        if text {
+            builder
+                .caption("validation: 20-way one-shot accuracy", (FONT, 22))
+                .x_label_area_size(40)
+                .y_label_area_size(60);
+        }
+        let mut chart = builder.build_cartesian_2d(xs, y_lo..1.0)?;
+        if text {
+            chart
+                .configure_mesh()
+                .x_desc("minutes of training")
+                .y_desc("accuracy")
+                .label_style((FONT, 14))
+                .draw()?;
+        } else {
+            chart.configure_mesh().x_labels(0).y_labels(0).draw()?;
+        }
+        for (i, (label, points)) in curves.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            let series = chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                colour.stroke_width(2),
+            ))?;
+            if text {
+                series
+                    .label(*label)
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour));
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font((FONT, 14))
+                .draw()?;
+        }
+        root.present()?;
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validations_are_placed_at_the_training_time_of_their_step() {
+        let train = |step: u64, elapsed_s: f64| MetricLine::Train {
+            step,
+            epoch: 0,
+            loss: 0.5,
+            lr: 1e-3,
+            momentum: None,
+            pairs_per_s: 1.0,
+            elapsed_s,
+        };
+        let val = |step: u64, accuracy: f64| MetricLine::Validation {
+            step,
+            epoch: 0,
+            accuracy,
+            ci95_low: 0.0,
+            ci95_high: 1.0,
+            correct: 1,
+            trials: 2,
+            ties: 0,
+            best: false,
+            seconds: 0.1,
+        };
+        let lines = [
+            val(0, 0.1),
+            train(10, 60.0),
+            val(10, 0.5),
+            train(20, 150.0),
+            val(20, 0.7),
+        ];
+        assert_eq!(
+            validation_by_minutes(&lines),
+            [(0.0, 0.1), (1.0, 0.5), (2.5, 0.7)]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("curves.png");
+        draw_curves(&path, &[("a".into(), lines.to_vec())]).unwrap();
+        let img = image::open(&path).unwrap();
+        assert_eq!((img.width(), img.height()), SIZE);
+        assert!(draw_curves(&path, &[("b".into(), vec![train(1, 1.0)])]).is_err());
+    }
 
     #[test]
     fn plots_are_written_and_decode() {

@@ -256,7 +256,7 @@ pub fn batch_norm_relu_pool2x2_stock(
             let mean = x.mean_keepdim((0, 2, 3))?;
             let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
             let values = |t: &Tensor| -> Result<Vec<f64>> {
-                Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+                t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()
             };
             let batch = (values(&mean)?, values(&var)?);
             (mean, var, Some(batch))
