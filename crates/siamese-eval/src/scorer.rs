@@ -104,8 +104,8 @@ impl<S: OneShotScorer + ?Sized> OneShotScorer for &S {
 ///
 /// Features stay on the device; each batch of pairs is gathered with one
 /// `index_select` per side and scored with one call of `score`. With
-/// [`CandleScorer::with_input_size`], images larger than the network's input by a
-/// whole factor are shrunk to it first.
+/// [`CandleScorer::with_input_size`], images larger than the network's input are
+/// shrunk to it first.
 ///
 /// ```ignore
 /// let scorer = CandleScorer::new("koch", device, |x| net.embed(x), |a, b| net.score(a, b));
@@ -133,8 +133,9 @@ where
         }
     }
 
-    /// Shrinks images to `side × side` before embedding them when their side is a
-    /// whole multiple of it ([`GrayImage::shrink`]); other sizes are an error.
+    /// Shrinks images to `side × side` before embedding them ([`GrayImage::shrink_to`]:
+    /// block means for a whole factor, area resampling otherwise); smaller or
+    /// non-square images are an error.
     pub fn with_input_size(mut self, side: usize) -> Self {
         self.input_size = Some(side);
         self
@@ -162,7 +163,8 @@ impl<E, S> CandleScorer<E, S> {
             i.shrink_to(side).ok_or_else(|| {
                 let (w, h) = (i.width(), i.height());
                 let why = format!(
-                    "an image is {w}×{h}, the network takes {side}×{side}: not a whole factor smaller"
+                    "an image is {w}×{h}, the network takes {side}×{side}: images must be \
+                     square and at least that large"
                 );
                 EvalError::method(&self.name, why)
             })

@@ -7,8 +7,8 @@ use crate::scorer::CandleScorer;
 
 /// The network as a [`OneShotScorer`]: the tower embeds each image once, the head
 /// scores (query, candidate) pairs of embeddings; the score is the head's logit.
-/// Images a whole factor larger than the network's input are shrunk to it (Omniglot's
-/// 105×105 by 3 for `koch35`).
+/// Images larger than the network's input are shrunk to it (Omniglot's 105×105 by
+/// block means to 35×35 for `koch35`, by area resampling to 28×28 for `conv4`).
 pub fn siamese_scorer<'a>(net: &'a SiameseNet, name: &str) -> impl OneShotScorer + 'a {
     siamese_scorer_shifted(net, name, 0)
 }

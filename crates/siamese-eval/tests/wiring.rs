@@ -370,28 +370,32 @@ fn a_network_with_a_smaller_input_sees_the_images_shrunk() {
     };
     let set = TrialSet::tasks(&data, spec, 100, 7).unwrap();
     let opts = options();
-    let toy = |name: &'static str| {
+    let toy = |name: &'static str, side: usize| {
         CandleScorer::new(
             name,
             Device::Cpu,
-            |x: &Tensor| {
+            move |x: &Tensor| {
                 // The tower only ever sees the network's input size.
-                assert_eq!(&x.dims()[1..], &[1, 2, 2]);
+                assert_eq!(&x.dims()[1..], &[1, side, side]);
                 x.flatten_from(1)
             },
             |a: &Tensor, b: &Tensor| (a - b)?.sqr()?.sum(1)?.neg(),
         )
     };
-    let shrinking = evaluate(&toy("shrinking").with_input_size(2), &set, &opts).unwrap();
-    // The same trials on the data shrunk beforehand.
-    let shrunk = data.shrink_to(2).unwrap();
-    let set_shrunk = TrialSet::tasks(&shrunk, spec, 100, 7).unwrap();
-    let beforehand = evaluate(&toy("beforehand"), &set_shrunk, &opts).unwrap();
     let choices =
         |r: &siamese_eval::EvalReport| r.records.iter().map(|t| t.choice).collect::<Vec<_>>();
-    assert_eq!(choices(&shrinking), choices(&beforehand));
-    assert_eq!(shrinking.correct, beforehand.correct);
-    // 4×4 images cannot become 3×3: an error, naming the sizes.
-    let err = evaluate(&toy("odd").with_input_size(3), &set, &opts).unwrap_err();
+    // 4×4 to 2×2 by block means, to 3×3 by area resampling: the same trials as on
+    // the data shrunk beforehand.
+    for side in [2, 3] {
+        let shrinking =
+            evaluate(&toy("shrinking", side).with_input_size(side), &set, &opts).unwrap();
+        let shrunk = data.shrink_to(side).unwrap();
+        let set_shrunk = TrialSet::tasks(&shrunk, spec, 100, 7).unwrap();
+        let beforehand = evaluate(&toy("beforehand", side), &set_shrunk, &opts).unwrap();
+        assert_eq!(choices(&shrinking), choices(&beforehand));
+        assert_eq!(shrinking.correct, beforehand.correct);
+    }
+    // 4×4 images are not enlarged to 5×5: an error, naming the sizes.
+    let err = evaluate(&toy("larger", 5).with_input_size(5), &set, &opts).unwrap_err();
     assert!(err.to_string().contains("4×4"), "{err}");
 }

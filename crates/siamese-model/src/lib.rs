@@ -4,19 +4,23 @@
 //! This crate knows no data set: it takes image tensors and returns features and
 //! logits.
 //!
-//! * [`ModelConfig`] / [`Arch`]: which network (the paper's 105×105 [`Arch::Koch`], or
-//!   the reduced 35×35 [`Arch::Koch35`]) and the shapes of its parameters;
+//! * [`ModelConfig`] / [`Arch`]: which network (the paper's 105×105 [`Arch::Koch`],
+//!   the reduced 35×35 [`Arch::Koch35`], or the batch-normalised 3×3 family
+//!   [`Arch::ConvBn`], Conv-4 at 28×28 by default) and the shapes of its parameters
+//!   and running statistics;
 //! * [`SiameseNet`]: built from a candle `VarBuilder` (or [`SiameseNet::init`] with
 //!   the paper's seeded initialisation, see [`init`]); [`SiameseNet::embed`] embeds
-//!   each image once, [`SiameseNet::score`] scores pairs of features,
-//!   [`SiameseNet::forward_pairs`] does both;
+//!   each image once (batch norm in inference mode; [`SiameseNet::embed_train`] in
+//!   training mode), [`SiameseNet::score`] scores pairs of features,
+//!   [`SiameseNet::score_all`] every query against every candidate,
+//!   [`SiameseNet::forward_pairs`] embeds and scores;
 //! * [`bce_with_logits`]: the training loss, numerically stable;
 //! * checkpoints ([`checkpoint`]): one safetensors file with the configuration and
 //!   the provenance in its metadata, written atomically;
 //! * [`select_device`]: the one place where `auto` / `cpu` / `cuda[:N]` /
 //!   `metal[:N]` become a candle `Device`;
 //! * [`cpu_ops`]: fast CPU kernels: convolution (im2col + gemm, or FFT), max-pool, the
-//!   fully connected sigmoid layer.
+//!   fully connected sigmoid layer, batch norm + ReLU + max-pool fused.
 //!
 //! Images are `(n, 1, s, s)` f32 tensors with ink 1.0 and background 0.0, as
 //! `siamese-data` produces them.

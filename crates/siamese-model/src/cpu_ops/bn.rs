@@ -66,10 +66,10 @@ impl Dims {
 }
 
 impl BnReluPool {
-    /// Mean and `1/√(σ² + ε)` per channel: the batch's (computed and stored) or the
-    /// given ones.
+    /// Mean and `1/√(σ² + ε)` per channel for the forward pass: the batch's
+    /// (computed, and stored for the backward pass and the caller) or the given ones.
     fn mean_rstd<T: Real>(&self, d: Dims, x: &[T]) -> Result<(Vec<f64>, Vec<f64>)> {
-        let (mean, var) = match &self.norm {
+        let stats = match &self.norm {
             Norm::Fixed(stats) => stats.clone(),
             Norm::Batch(slot) => {
                 let stats = batch_stats(d, x);
@@ -77,20 +77,12 @@ impl BnReluPool {
                 stats
             }
         };
-        if mean.len() != d.c || var.len() != d.c {
-            candle_core::bail!(
-                "batch norm: {} channels, statistics for {}",
-                d.c,
-                mean.len()
-            );
-        }
-        let rstd = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
-        Ok((mean, rstd))
+        self.with_rstd(d, stats)
     }
 
     /// The statistics of the forward pass, for the backward pass.
     fn saved_mean_rstd(&self, d: Dims) -> Result<(Vec<f64>, Vec<f64>)> {
-        let (mean, var) = match &self.norm {
+        let stats = match &self.norm {
             Norm::Fixed(stats) => stats.clone(),
             Norm::Batch(slot) => slot
                 .lock()
@@ -100,8 +92,17 @@ impl BnReluPool {
                     candle_core::Error::Msg("batch norm: backward before forward".into())
                 })?,
         };
-        if mean.len() != d.c {
-            candle_core::bail!("batch norm: statistics of the wrong width");
+        self.with_rstd(d, stats)
+    }
+
+    /// `(mean, var)` → `(mean, 1/√(var + ε))`, checked against the channels.
+    fn with_rstd(&self, d: Dims, (mean, var): ChannelStats) -> Result<(Vec<f64>, Vec<f64>)> {
+        if mean.len() != d.c || var.len() != d.c {
+            candle_core::bail!(
+                "batch norm: {} channels, statistics for {}",
+                d.c,
+                mean.len()
+            );
         }
         let rstd = var.iter().map(|v| 1.0 / (v + self.eps).sqrt()).collect();
         Ok((mean, rstd))
