@@ -24,3 +24,37 @@ fn print_config_resolves_presets_and_flags() {
         "{stderr}"
     );
 }
+
+#[test]
+fn plot_draws_the_curves_of_run_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("my-run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        concat!(
+            r#"{"kind":"train","step":10,"epoch":0,"loss":0.5,"lr":0.001,"pairs_per_s":1.0,"elapsed_s":60.0}"#,
+            "\n",
+            r#"{"kind":"validation","step":10,"epoch":0,"accuracy":0.8,"ci95_low":0.7,"ci95_high":0.9,"correct":8,"trials":10,"ties":0,"best":true,"seconds":0.1}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("new/folder/curves.png");
+    let (ok, stdout, stderr) = run_cli(&[
+        "plot",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("curves.png"), "{stdout}");
+    assert!(std::fs::metadata(&out).unwrap().len() > 1000);
+    let missing = tmp.path().join("no-such-run");
+    let (ok, _, stderr) = run_cli(&["plot", missing.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no-such-run") && stderr.contains("metrics.jsonl"),
+        "{stderr}"
+    );
+}

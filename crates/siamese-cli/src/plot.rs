@@ -40,6 +40,10 @@ pub fn run(args: &PlotArgs) -> Result<()> {
             );
         runs.push((label, lines));
     }
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating the folder {}", parent.display()))?;
+    }
     draw_curves(&args.out, &runs)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("plotting the runs into {}", args.out.display()))?;
