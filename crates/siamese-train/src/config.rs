@@ -297,8 +297,8 @@ impl TrainConfig {
         }
     }
 
-    /// The default preset: the recipe that scored best within 30 minutes of wall time
-    /// on a 2-core CPU (README, "Results"). The batch-normalised Conv-4 tower
+    /// The default preset: the best recipe measured so far within 30 minutes of wall
+    /// time on a 2-core CPU (README, "Results"). The batch-normalised Conv-4 tower
     /// ([`Arch::CONV4`]) on Omniglot area-resampled to 28×28, all 20 drawers of the
     /// background alphabets, trained on 20-way one-shot episodes with 5 queries per
     /// class ([`EpisodeObjective::default`]: the characters × 4 rotations as classes,
