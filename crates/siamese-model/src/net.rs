@@ -44,8 +44,6 @@ pub struct BnBlock {
     kernel: Tensor,
     gamma: Tensor,
     beta: Tensor,
-    /// The convolution has no bias (batch norm's β replaces it); the kernels take one.
-    zero_bias: Tensor,
     running: Arc<RwLock<RunningStats>>,
     /// The first block's input (the images) needs no gradient.
     first: bool,
@@ -53,38 +51,21 @@ pub struct BnBlock {
 
 impl BnBlock {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let padded = x.pad_with_zeros(2, 1, 1)?.pad_with_zeros(3, 1, 1)?;
-        let y = crate::cpu_ops::conv2d_bias_relu(
-            &padded,
-            &self.kernel,
-            &self.zero_bias,
-            false,
-            !self.first,
-        )?;
+        use crate::cpu_ops::{BatchNormStats, conv_bn_relu_pool2x2};
+        let (k, g, b) = (&self.kernel, &self.gamma, &self.beta);
         if !train {
             let stats = self.running.read().unwrap_or_else(|e| e.into_inner());
-            let running = crate::cpu_ops::BatchNormStats::Running {
+            let running = BatchNormStats::Running {
                 mean: &stats.mean,
                 var: &stats.var,
             };
-            return Ok(crate::cpu_ops::batch_norm_relu_pool2x2(
-                &y,
-                &self.gamma,
-                &self.beta,
-                running,
-                BN_EPS,
-            )?
-            .0);
+            return Ok(conv_bn_relu_pool2x2(x, k, g, b, 1, running, BN_EPS, !self.first)?.0);
         }
-        let (out, batch) = crate::cpu_ops::batch_norm_relu_pool2x2(
-            &y,
-            &self.gamma,
-            &self.beta,
-            crate::cpu_ops::BatchNormStats::Batch,
-            BN_EPS,
-        )?;
+        let batch = BatchNormStats::Batch;
+        let (out, batch) = conv_bn_relu_pool2x2(x, k, g, b, 1, batch, BN_EPS, !self.first)?;
         if let Some((mean, var)) = batch {
-            let (n, _, h, w) = y.dims4()?;
+            // Statistics over the convolution's output: n × (h × w) per channel.
+            let (n, _, h, w) = x.dims4()?;
             let count = (n * h * w) as f64;
             // The running variance is unbiased, as in PyTorch.
             let unbias = if count > 1.0 {
@@ -213,12 +194,10 @@ impl SiameseNet {
         params: Vec<(String, Tensor)>,
         running: Vec<Arc<RwLock<RunningStats>>>,
     ) -> Result<Self, ModelError> {
-        let device = params[0].1.device().clone();
         let n = params.len();
         let head = Linear::new(params[n - 2].1.clone(), Some(params[n - 1].1.clone()));
         let tower = match config.arch {
-            crate::Arch::ConvBn { width, .. } => {
-                let zero_bias = Tensor::zeros(width, DType::F32, &device)?;
+            crate::Arch::ConvBn { .. } => {
                 let blocks = params[..n - 2]
                     .chunks(3)
                     .zip(running)
@@ -227,7 +206,6 @@ impl SiameseNet {
                         kernel: p[0].1.clone(),
                         gamma: p[1].1.clone(),
                         beta: p[2].1.clone(),
-                        zero_bias: zero_bias.clone(),
                         running,
                         first: i == 0,
                     })

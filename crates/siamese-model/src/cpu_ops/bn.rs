@@ -44,12 +44,13 @@ pub(crate) struct BnReluPool {
 
 super::custom_op3!(BnReluPool);
 
+/// The sizes of batch norm's input `(n, c, h, w)`.
 #[derive(Clone, Copy)]
-struct Dims {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
+pub(crate) struct Dims {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
 }
 
 impl Dims {
@@ -57,7 +58,7 @@ impl Dims {
         let (n, c, h, w) = s.dims4()?;
         Ok(Dims { n, c, h, w })
     }
-    fn hw(self) -> usize {
+    pub(crate) fn hw(self) -> usize {
         self.h * self.w
     }
     fn out_hw(self) -> usize {
@@ -68,7 +69,7 @@ impl Dims {
 impl BnReluPool {
     /// Mean and `1/√(σ² + ε)` per channel for the forward pass: the batch's
     /// (computed, and stored for the backward pass and the caller) or the given ones.
-    fn mean_rstd<T: Real>(&self, d: Dims, x: &[T]) -> Result<(Vec<f64>, Vec<f64>)> {
+    pub(crate) fn mean_rstd<T: Real>(&self, d: Dims, x: &[T]) -> Result<(Vec<f64>, Vec<f64>)> {
         let stats = match &self.norm {
             Norm::Fixed(stats) => stats.clone(),
             Norm::Batch(slot) => {
@@ -81,7 +82,7 @@ impl BnReluPool {
     }
 
     /// The statistics of the forward pass, for the backward pass.
-    fn saved_mean_rstd(&self, d: Dims) -> Result<(Vec<f64>, Vec<f64>)> {
+    pub(crate) fn saved_mean_rstd(&self, d: Dims) -> Result<(Vec<f64>, Vec<f64>)> {
         let stats = match &self.norm {
             Norm::Fixed(stats) => stats.clone(),
             Norm::Batch(slot) => slot
@@ -179,6 +180,29 @@ impl Kernel3 for BnReluPool {
     fn forward<T: Real>(&self, shapes: [&Shape; 3], x: &[T], g: &[T], b: &[T]) -> Result<Vec<T>> {
         let d = Dims::of(shapes[0])?;
         let (mean, rstd) = self.mean_rstd(d, x)?;
+        Ok(forward_values(d, x, g, b, &mean, &rstd))
+    }
+
+    fn backward<T: Real>(&self, t: Op3Tensors<'_>, v: Op3Slices<'_, T>) -> Result<Op3Grads<T>> {
+        let d = Dims::of(t.x.shape())?;
+        let (mean, rstd) = self.saved_mean_rstd(d)?;
+        let training = matches!(self.norm, Norm::Batch(_));
+        let (dx, dgamma, dbeta) =
+            backward_values(d, v.x, v.w, v.res, v.dy, (&mean, &rstd), training);
+        Ok((Some(dx), dgamma, dbeta))
+    }
+}
+
+/// The forward pass on values: `pool(relu(γ·(x − μ)·r + β))` per channel.
+pub(crate) fn forward_values<T: Real>(
+    d: Dims,
+    x: &[T],
+    g: &[T],
+    b: &[T],
+    mean: &[f64],
+    rstd: &[f64],
+) -> Vec<T> {
+    {
         // z = a·x + s per channel.
         let a: Vec<T> = (0..d.c)
             .map(|ch| <T as candle_core::WithDType>::from_f64(g[ch].to_f64() * rstd[ch]))
@@ -208,20 +232,31 @@ impl Kernel3 for BnReluPool {
                     }
                 }
             });
-        Ok(y)
+        y
     }
+}
 
-    fn backward<T: Real>(&self, t: Op3Tensors<'_>, v: Op3Slices<'_, T>) -> Result<Op3Grads<T>> {
-        let d = Dims::of(t.x.shape())?;
-        let (mean, rstd) = self.saved_mean_rstd(d)?;
+/// The backward pass on values: given the input `x`, `γ`, the output `res` and its
+/// gradient `dy`, the statistics of the forward pass and whether they were the
+/// batch's own, returns `(dx, dγ, dβ)`.
+pub(crate) fn backward_values<T: Real>(
+    d: Dims,
+    x: &[T],
+    gamma: &[T],
+    res: &[T],
+    dy: &[T],
+    (mean, rstd): (&[f64], &[f64]),
+    training: bool,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    {
         let (hw, ohw, ow) = (d.hw(), d.out_hw(), d.w / 2);
         let mut dx = vec![T::ZERO; d.n * d.c * hw];
         // Pass 1: the gradient at each window's first maximum (where the output is
         // positive), and per channel Σg and Σg·x̂.
         let (sum_g, sum_gx) = dx
             .par_chunks_mut(d.c * hw)
-            .zip(v.x.par_chunks(d.c * hw))
-            .zip(v.res.par_chunks(d.c * ohw).zip(v.dy.par_chunks(d.c * ohw)))
+            .zip(x.par_chunks(d.c * hw))
+            .zip(res.par_chunks(d.c * ohw).zip(dy.par_chunks(d.c * ohw)))
             .fold(
                 || (vec![0f64; d.c], vec![0f64; d.c]),
                 |(mut sg, mut sgx), ((dxi, xi), (yi, dyi))| {
@@ -230,7 +265,7 @@ impl Kernel3 for BnReluPool {
                         let dplane = &mut dxi[ch * hw..][..hw];
                         let (yc, dyc) = (&yi[ch * ohw..][..ohw], &dyi[ch * ohw..][..ohw]);
                         // argmax of a·x is the argmax of x for a ≥ 0, of −x otherwise.
-                        let flip = v.w[ch] < T::ZERO;
+                        let flip = gamma[ch] < T::ZERO;
                         let (mut s1, mut s2) = (0f64, 0f64);
                         for o in 0..ohw {
                             if yc[o] <= T::ZERO {
@@ -262,11 +297,10 @@ impl Kernel3 for BnReluPool {
             )
             .reduce(|| (vec![0f64; d.c], vec![0f64; d.c]), add_pairs);
         // Pass 2: dx = γ·r·(g − Σg/M − x̂·Σg·x̂/M), the mean terms only in training.
-        let training = matches!(self.norm, Norm::Batch(_));
         let m = (d.n * hw).max(1) as f64;
         let coef: Vec<(T, T, T)> = (0..d.c)
             .map(|ch| {
-                let k = v.w[ch].to_f64() * rstd[ch];
+                let k = gamma[ch].to_f64() * rstd[ch];
                 let (c1, c2) = if training {
                     (sum_g[ch] / m, sum_gx[ch] / m * rstd[ch])
                 } else {
@@ -281,7 +315,7 @@ impl Kernel3 for BnReluPool {
             })
             .collect();
         dx.par_chunks_mut(d.c * hw)
-            .zip(v.x.par_chunks(d.c * hw))
+            .zip(x.par_chunks(d.c * hw))
             .for_each(|(dxi, xi)| {
                 for (ch, &(k, c0, c1)) in coef.iter().enumerate() {
                     let plane = &xi[ch * hw..][..hw];
@@ -298,6 +332,6 @@ impl Kernel3 for BnReluPool {
             .iter()
             .map(|&s| <T as candle_core::WithDType>::from_f64(s))
             .collect();
-        Ok((Some(dx), dgamma, dbeta))
+        (dx, dgamma, dbeta)
     }
 }

@@ -1,4 +1,5 @@
-//! Stride-1, unpadded 2-D convolution with fused bias and ReLU: im2col + gemm.
+//! Stride-1 2-D convolution (unpadded, or zero-padded inside im2col) with fused bias
+//! and ReLU: im2col + gemm.
 //!
 //! Forward, per block of output columns: im2col the block into a `k × cols` matrix
 //! (`k = c·kh·kw`), then `y[o, cols] = b[o] + w[o, k] · col[k, cols]` with one
@@ -31,6 +32,8 @@ pub(crate) struct ConvGeom {
     pub o: usize,
     pub kh: usize,
     pub kw: usize,
+    /// Zero padding on every side, applied by im2col (no padded copy of `x`).
+    pub pad: usize,
     pub oh: usize,
     pub ow: usize,
 }
@@ -38,12 +41,22 @@ pub(crate) struct ConvGeom {
 impl ConvGeom {
     /// From the dims of `x: (n, c, h, w)` and `w: (o, c, kh, kw)`.
     pub fn new(
+        x: (usize, usize, usize, usize),
+        w: (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        Self::padded(x, w, 0)
+    }
+
+    /// With `pad` zeros on every side of each input plane.
+    pub fn padded(
         (n, c, h, w): (usize, usize, usize, usize),
         (o, wc, kh, kw): (usize, usize, usize, usize),
+        pad: usize,
     ) -> Result<Self> {
-        if wc != c || kh == 0 || kw == 0 || h < kh || w < kw {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        if wc != c || kh == 0 || kw == 0 || hp < kh || wp < kw || pad >= kh || pad >= kw {
             candle_core::bail!(
-                "conv2d: bad shapes x ({n}, {c}, {h}, {w}), w ({o}, {wc}, {kh}, {kw})"
+                "conv2d: bad shapes x ({n}, {c}, {h}, {w}), w ({o}, {wc}, {kh}, {kw}), padding {pad}"
             );
         }
         Ok(Self {
@@ -54,8 +67,9 @@ impl ConvGeom {
             o,
             kh,
             kw,
-            oh: h - kh + 1,
-            ow: w - kw + 1,
+            pad,
+            oh: hp - kh + 1,
+            ow: wp - kw + 1,
         })
     }
     /// Rows of the im2col matrix.
@@ -128,7 +142,8 @@ impl Plan {
         } else {
             COL_BYTES
         };
-        let fft = forced_algo().unwrap_or_else(|| super::fft::pays(g));
+        // The FFT path knows no padding.
+        let fft = g.pad == 0 && forced_algo().unwrap_or_else(|| super::fft::pays(g));
         Self {
             fft,
             ..Self::with_col_bytes(g, size_of::<T>(), bytes)
@@ -194,7 +209,24 @@ fn gemm_parallelism(tasks: usize) -> gemm::Parallelism {
     }
 }
 
-/// `col[(ci, i, j), column] = x[img, ci, r + i, q + j]` over the block's columns.
+/// Where output row (or column) `r` of kernel tap `i` reads in an input of `len`
+/// rows with `pad` zeros before it: `Some(r + i - pad)` if inside.
+#[inline]
+fn tap(r: usize, i: usize, pad: usize, len: usize) -> Option<usize> {
+    (r + i).checked_sub(pad).filter(|&s| s < len)
+}
+
+/// The output columns `q0..q1` whose tap `j` reads inside a row of the input (the
+/// others read padding), and the input column of `q0`.
+#[inline]
+fn inside_cols(g: &ConvGeom, j: usize) -> (usize, usize, usize) {
+    let q0 = g.pad.saturating_sub(j);
+    let q1 = (g.w + g.pad - j).min(g.ow);
+    (q0, q1.max(q0), q0 + j - g.pad)
+}
+
+/// `col[(ci, i, j), column] = x[img, ci, r + i - pad, q + j - pad]` (zero outside `x`)
+/// over the block's columns.
 fn im2col<T: Real>(g: &ConvGeom, x: &[T], blk: Block, col: &mut [T]) {
     let cols = blk.cols(g);
     let seg = blk.rows * g.ow;
@@ -204,12 +236,24 @@ fn im2col<T: Real>(g: &ConvGeom, x: &[T], blk: Block, col: &mut [T]) {
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let dst = rows.next().expect("im2col buffer too small");
+                let (q0, q1, s0) = inside_cols(g, j);
                 for img in 0..blk.imgs {
                     let src = &x[((blk.n0 + img) * g.c + ci) * plane..][..plane];
                     let dst = &mut dst[img * seg..][..seg];
                     for (r, d) in dst.chunks_exact_mut(g.ow).enumerate() {
-                        let s = (blk.r0 + r + i) * g.w + j;
-                        d.copy_from_slice(&src[s..s + g.ow]);
+                        match tap(blk.r0 + r, i, g.pad, g.h) {
+                            Some(sr) if g.pad == 0 => {
+                                let s = sr * g.w + j;
+                                d.copy_from_slice(&src[s..s + g.ow]);
+                            }
+                            Some(sr) => {
+                                d[..q0].fill(T::ZERO);
+                                let s = sr * g.w + s0;
+                                d[q0..q1].copy_from_slice(&src[s..s + (q1 - q0)]);
+                                d[q1..].fill(T::ZERO);
+                            }
+                            None => d.fill(T::ZERO),
+                        }
                     }
                 }
             }
@@ -217,7 +261,8 @@ fn im2col<T: Real>(g: &ConvGeom, x: &[T], blk: Block, col: &mut [T]) {
     }
 }
 
-/// The adjoint of [`im2col`]: `dx[img, ci, r + i, q + j] += dcol[(ci, i, j), column]`.
+/// The adjoint of [`im2col`]: `dx[img, ci, r + i - pad, q + j - pad] +=
+/// dcol[(ci, i, j), column]` (what falls on the padding is dropped).
 fn col2im<T: Real>(g: &ConvGeom, dcol: &[T], blk: Block, dx: &mut [T]) {
     let cols = blk.cols(g);
     let seg = blk.rows * g.ow;
@@ -227,12 +272,16 @@ fn col2im<T: Real>(g: &ConvGeom, dcol: &[T], blk: Block, dx: &mut [T]) {
         for i in 0..g.kh {
             for j in 0..g.kw {
                 let src = rows.next().expect("col2im buffer too small");
+                let (q0, q1, s0) = inside_cols(g, j);
                 for img in 0..blk.imgs {
                     let dst = &mut dx[((blk.n0 + img) * g.c + ci) * plane..][..plane];
                     let src = &src[img * seg..][..seg];
                     for (r, s) in src.chunks_exact(g.ow).enumerate() {
-                        let d = (blk.r0 + r + i) * g.w + j;
-                        for (d, &s) in dst[d..d + g.ow].iter_mut().zip(s) {
+                        let Some(dr) = tap(blk.r0 + r, i, g.pad, g.h) else {
+                            continue;
+                        };
+                        let d = dr * g.w + s0;
+                        for (d, &s) in dst[d..d + (q1 - q0)].iter_mut().zip(&s[q0..q1]) {
                             *d += s;
                         }
                     }

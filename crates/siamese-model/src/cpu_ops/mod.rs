@@ -40,6 +40,7 @@
 mod bn;
 pub use bn::ChannelStats;
 mod conv;
+mod conv_bn;
 mod fft;
 mod linear;
 mod pool;
@@ -236,6 +237,55 @@ pub fn batch_norm_relu_pool2x2(
                 norm: bn::Norm::Fixed((widen(mean), widen(var))),
             };
             Ok((x.apply_op3(&gamma, &beta, op)?, None))
+        }
+    }
+}
+
+/// `max_pool2x2(relu(batch_norm(conv2d(x, w, padding))))`: one block of a
+/// batch-normalised tower, `x (n, c, h, w)`, `w (o, c, kh, kw)` (no bias: β takes its
+/// place), `γ`, `β` `(o,)`, stride 1 and `pad` zeros on every side, to `(n, o,
+/// (h + 2·pad − kh + 1) / 2, ..)`. Returns also, with [`BatchNormStats::Batch`], the
+/// batch's per-channel mean and biased variance (for the running statistics).
+/// `input_grad` as for [`conv2d_bias_relu`].
+///
+/// The same values and gradients as a padded [`conv2d_bias_relu`] (no ReLU) followed
+/// by [`batch_norm_relu_pool2x2`]. On the CPU (f32/f64) one custom op: no padded copy
+/// and no convolution output in candle's graph. Elsewhere candle's `conv2d` and
+/// [`batch_norm_relu_pool2x2`].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bn_relu_pool2x2(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    pad: usize,
+    stats: BatchNormStats<'_>,
+    eps: f64,
+    input_grad: bool,
+) -> Result<(Tensor, Option<bn::ChannelStats>)> {
+    if !fast_path(&[x, w, gamma, beta]) {
+        let x = if input_grad { x.clone() } else { x.detach() };
+        let y = x.conv2d(w, pad, 1, 1, 1)?;
+        return batch_norm_relu_pool2x2(&y, gamma, beta, stats, eps);
+    }
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    let input_grad = input_grad && x.track_op();
+    let keep = input_grad || w.track_op() || gb.track_op();
+    match stats {
+        BatchNormStats::Batch => {
+            let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let norm = bn::Norm::Batch(slot.clone());
+            let op = conv_bn::ConvBnReluPool::new(pad, input_grad, eps, norm, keep);
+            let y = x.apply_op3(&w, &gb, op)?;
+            let stats = slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Ok((y, stats))
+        }
+        BatchNormStats::Running { mean, var } => {
+            let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
+            let norm = bn::Norm::Fixed((widen(mean), widen(var)));
+            let op = conv_bn::ConvBnReluPool::new(pad, input_grad, eps, norm, keep);
+            Ok((x.apply_op3(&w, &gb, op)?, None))
         }
     }
 }

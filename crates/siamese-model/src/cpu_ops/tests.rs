@@ -627,7 +627,10 @@ fn check_finite_differences(
 
 mod batch_norm {
     use super::*;
-    use crate::cpu_ops::{BatchNormStats, batch_norm_relu_pool2x2, batch_norm_relu_pool2x2_stock};
+    use crate::cpu_ops::{
+        BatchNormStats, batch_norm_relu_pool2x2, batch_norm_relu_pool2x2_stock,
+        conv_bn_relu_pool2x2,
+    };
 
     /// (n, c, h, w): odd sizes (a dropped last row / column), one image, one channel.
     const BN_SHAPES: [(usize, usize, usize, usize); 5] = [
@@ -734,6 +737,120 @@ mod batch_norm {
         let y = y.flatten_all()?.to_vec1::<f64>()?;
         // max over window 1: 2·(4 − 10)/2 + 0.5 < 0 → 0; window 2: 2·(6 − 10)/2 + 0.5 < 0.
         assert_eq!(y, [0.0, 0.0]);
+        Ok(())
+    }
+
+    /// `(n, c, h, w, o, pad)`: odd sizes, one image, one channel, no padding.
+    const BLOCK_SHAPES: [(usize, usize, usize, usize, usize, usize); 5] = [
+        (2, 1, 8, 8, 3, 1),
+        (3, 2, 7, 5, 4, 1),
+        (1, 3, 6, 9, 2, 0),
+        (5, 4, 3, 3, 1, 1),
+        (4, 8, 14, 14, 6, 1),
+    ];
+
+    /// The reference of [`conv_bn_relu_pool2x2`]: candle's padded `conv2d`, then the
+    /// stock batch norm, ReLU and pool.
+    fn block_stock(
+        x: &Tensor,
+        w: &Tensor,
+        (g, b): (&Tensor, &Tensor),
+        pad: usize,
+        stats: BatchNormStats<'_>,
+    ) -> Result<(Tensor, Option<crate::cpu_ops::ChannelStats>)> {
+        let y = x.conv2d(w, pad, 1, 1, 1)?;
+        batch_norm_relu_pool2x2_stock(&y, g, b, stats, 1e-5)
+    }
+
+    #[test]
+    fn fused_block_matches_stock_in_both_modes() -> Result<()> {
+        let mut r = rng(13);
+        for &(n, c, h, wd, o, pad) in &BLOCK_SHAPES {
+            let x = Var::from_tensor(&randn(&mut r, &[n, c, h, wd], DType::F32)?)?;
+            let w = Var::from_tensor(&randn(&mut r, &[o, c, 3, 3], DType::F32)?)?;
+            let (g, b) = gamma_beta(&mut r, o, DType::F32)?;
+            let (g, b) = (Var::from_tensor(&g)?, Var::from_tensor(&b)?);
+            let (oh, ow) = (h + 2 * pad - 2, wd + 2 * pad - 2);
+            let dy = randn(&mut r, &[n, o, oh / 2, ow / 2], DType::F32)?;
+            let mean: Vec<f32> = (0..o).map(|i| 0.1 * i as f32 - 0.2).collect();
+            let var: Vec<f32> = (0..o).map(|i| 0.5 + 0.25 * i as f32).collect();
+            let modes = [
+                BatchNormStats::Batch,
+                BatchNormStats::Running {
+                    mean: &mean,
+                    var: &var,
+                },
+            ];
+            for stats in modes {
+                let what = format!("{:?} {stats:?}", (n, c, h, wd, o, pad));
+                let (fused, fs) = conv_bn_relu_pool2x2(&x, &w, &g, &b, pad, stats, 1e-5, true)?;
+                let (stock, ss) = block_stock(&x, &w, (&g, &b), pad, stats)?;
+                assert_close(&format!("{what} forward"), &fused, &stock, 1e-4)?;
+                match (fs, ss) {
+                    (Some((fm, fv)), Some((sm, sv))) => {
+                        for (a, e) in fm.iter().zip(&sm).chain(fv.iter().zip(&sv)) {
+                            assert!((a - e).abs() < 1e-4 * e.abs().max(1.0), "{what}: {a} vs {e}");
+                        }
+                    }
+                    (None, None) => {}
+                    other => panic!("{what}: statistics {other:?}"),
+                }
+                let gf = (fused * &dy)?.sum_all()?.backward()?;
+                let gs = (stock * &dy)?.sum_all()?.backward()?;
+                for (name, v) in [
+                    ("x", x.as_tensor()),
+                    ("w", w.as_tensor()),
+                    ("γ", g.as_tensor()),
+                    ("β", b.as_tensor()),
+                ] {
+                    let (a, e) = (gf.get(v).unwrap(), gs.get(v).unwrap());
+                    assert_close(&format!("{what} d{name}"), a, e, 1e-3)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_block_without_input_gradient_leaves_the_input_alone() -> Result<()> {
+        let mut r = rng(17);
+        let x = Var::from_tensor(&randn(&mut r, &[2, 1, 6, 6], DType::F32)?)?;
+        let w = Var::from_tensor(&randn(&mut r, &[3, 1, 3, 3], DType::F32)?)?;
+        let (g, b) = gamma_beta(&mut r, 3, DType::F32)?;
+        let stats = BatchNormStats::Batch;
+        let (y, _) = conv_bn_relu_pool2x2(&x, &w, &g, &b, 1, stats, 1e-5, false)?;
+        let grads = y.sum_all()?.backward()?;
+        assert!(grads.get(x.as_tensor()).is_none());
+        assert!(grads.get(w.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn fused_block_gradients_match_finite_differences() -> Result<()> {
+        let mut r = rng(19);
+        for &(n, c, h, wd, o, pad) in &BLOCK_SHAPES[..4] {
+            let x = randn(&mut r, &[n, c, h, wd], DType::F64)?;
+            let w = randn(&mut r, &[o, c, 3, 3], DType::F64)?;
+            let (g, b) = gamma_beta(&mut r, o, DType::F64)?;
+            let (oh, ow) = (h + 2 * pad - 2, wd + 2 * pad - 2);
+            let dy = randn(&mut r, &[n, o, oh / 2, ow / 2], DType::F64)?;
+            let (mean, var): (Vec<f32>, Vec<f32>) = (vec![0.1; o], vec![0.7; o]);
+            for train in [true, false] {
+                let stats = if train {
+                    BatchNormStats::Batch
+                } else {
+                    BatchNormStats::Running {
+                        mean: &mean,
+                        var: &var,
+                    }
+                };
+                check_finite_differences(&[&x, &w, &g, &b], |p| {
+                    let (y, _) =
+                        conv_bn_relu_pool2x2(&p[0], &p[1], &p[2], &p[3], pad, stats, 1e-5, true)?;
+                    (y * &dy)?.sum_all()
+                })?;
+            }
+        }
         Ok(())
     }
 
