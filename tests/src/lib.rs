@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use siamese_data::fetch::mnist::{MnistFetchOptions, fetch_mnist, mnist_is_present};
 use siamese_data::fetch::{FetchOptions, Source, fetch, is_present};
+use siamese_data::mnist::MNIST_MIRROR_ENV;
 use siamese_data::{MIRROR_ENV, OmniglotSet};
 
 /// The workspace root.
@@ -86,12 +88,51 @@ pub fn extracted_dataset() -> PathBuf {
     .clone()
 }
 
+/// The offline mirror of the MNIST test set (`t10k-*.gz`): `$MNIST_MIRROR`, else
+/// `<workspace>/../shared/mnist`. Panics with a clear message when neither holds them.
+pub fn mnist_mirror_dir() -> PathBuf {
+    let dir = std::env::var_os(MNIST_MIRROR_ENV)
+        .filter(|m| !m.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/mnist"));
+    assert!(
+        dir.join("t10k-images-idx3-ubyte.gz").is_file(),
+        "no MNIST mirror at {}: set {MNIST_MIRROR_ENV} to a folder holding \
+         t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz",
+        dir.display()
+    );
+    dir.canonicalize().unwrap_or(dir)
+}
+
+/// The MNIST test set, fetched from [`mnist_mirror_dir`] into
+/// `<workspace>/target/test-data/mnist` once; returns that folder.
+pub fn mnist_dataset() -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let dest = workspace_root().join("target/test-data/mnist");
+        if !mnist_is_present(&dest) {
+            let options = MnistFetchOptions {
+                dest: dest.clone(),
+                source: Source::Dir(mnist_mirror_dir()),
+                force: false,
+                progress: false,
+            };
+            if let Err(e) = fetch_mnist(&options) {
+                panic!("cannot fetch MNIST into {}: {e}", dest.display());
+            }
+        }
+        dest
+    })
+    .clone()
+}
+
 /// Runs the CLI with `args` and no inherited mirror variable; returns (success,
 /// stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(cli_binary())
         .args(args)
         .env_remove("OMNIGLOT_MIRROR")
+        .env_remove(MNIST_MIRROR_ENV)
         .env("NO_COLOR", "1")
         .output()
         .expect("cannot run siamese-cli");

@@ -2,6 +2,8 @@
 //!
 //! * `cargo xtask fetch-omniglot [--dest DIR] [--mirror DIR|URL] [--minimal] [--force]
 //!   [--quiet]`: download (or copy from a mirror), verify and extract the data set.
+//! * `cargo xtask fetch-mnist [--dest DIR] [--mirror DIR|URL] [--force] [--quiet]`:
+//!   the MNIST test set (for the cross-domain test), decompressed and verified.
 //! * `cargo xtask ci`: formatting check, clippy with warnings denied, and the tests.
 //! * `cargo xtask bench data`: the data path against the Python reference's, side by
 //!   side.
@@ -29,7 +31,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use siamese_data::fetch::mnist::{MnistFetchOptions, MnistOutcome, fetch_mnist, mnist_source};
 use siamese_data::fetch::{DEFAULT_DEST, FetchOptions, Source, fetch};
+use siamese_data::mnist::{MNIST_DEFAULT_DIR, MNIST_MIRROR_ENV};
 use siamese_data::{MIRROR_ENV, OmniglotSet};
 use tracing_subscriber::EnvFilter;
 
@@ -58,6 +62,24 @@ enum Cmd {
         #[arg(long)]
         minimal: bool,
         /// Fetch and replace sets even when they are present and verified.
+        #[arg(long)]
+        force: bool,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Download (or copy from a mirror), decompress and verify the MNIST test set
+    /// (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) for `siamese-cli eval --mnist`.
+    FetchMnist {
+        /// Folder that receives the two uncompressed files.
+        #[arg(long, value_name = "DIR", default_value = MNIST_DEFAULT_DIR)]
+        dest: PathBuf,
+        /// Local folder or HTTP(S) base URL holding t10k-images-idx3-ubyte.gz and
+        /// t10k-labels-idx1-ubyte.gz. Defaults to $MNIST_MIRROR when set, else the
+        /// public copy.
+        #[arg(long, value_name = "DIR|URL")]
+        mirror: Option<String>,
+        /// Fetch and replace the files even when they are present and verified.
         #[arg(long)]
         force: bool,
         /// No progress bars.
@@ -147,6 +169,12 @@ fn run() -> Result<()> {
             force,
             quiet,
         } => fetch_omniglot(dest, mirror.as_deref(), minimal, force, quiet),
+        Cmd::FetchMnist {
+            dest,
+            mirror,
+            force,
+            quiet,
+        } => fetch_mnist_cmd(dest, mirror.as_deref(), force, quiet),
         Cmd::Ci { cuda } => {
             ci()?;
             if cuda {
@@ -233,6 +261,32 @@ fn fetch_omniglot(
     Ok(())
 }
 
+fn fetch_mnist_cmd(dest: PathBuf, mirror: Option<&str>, force: bool, quiet: bool) -> Result<()> {
+    let source = mnist_source(mirror);
+    let start = Instant::now();
+    let options = MnistFetchOptions {
+        dest: dest.clone(),
+        source,
+        force,
+        progress: !quiet,
+    };
+    let outcome = fetch_mnist(&options)
+        .with_context(|| format!("cannot fetch the MNIST test set into {}", dest.display()))?;
+    let secs = start.elapsed().as_secs_f64();
+    match outcome {
+        MnistOutcome::AlreadyPresent => tracing::info!(
+            "the MNIST test set is already present and verified in {}: nothing to do ({secs:.1} s)",
+            dest.display()
+        ),
+        MnistOutcome::Fetched { from } => tracing::info!(
+            "the MNIST test set fetched from {} and verified into {} ({secs:.1} s)",
+            from.join(" and "),
+            dest.display()
+        ),
+    }
+    Ok(())
+}
+
 fn workspace_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     root.canonicalize().unwrap_or(root)
@@ -247,6 +301,15 @@ fn ci() -> Result<()> {
             let shared = shared.canonicalize().unwrap_or(shared);
             tracing::info!("{MIRROR_ENV} not set: using {}", shared.display());
             mirror_env = Some(shared);
+        }
+    }
+    let mut mnist_env: Option<PathBuf> = None;
+    if std::env::var_os(MNIST_MIRROR_ENV).is_none_or(|v| v.is_empty()) {
+        let shared = root.join("../shared/mnist");
+        if shared.is_dir() {
+            let shared = shared.canonicalize().unwrap_or(shared);
+            tracing::info!("{MNIST_MIRROR_ENV} not set: using {}", shared.display());
+            mnist_env = Some(shared);
         }
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -278,6 +341,9 @@ fn ci() -> Result<()> {
         cmd.args(*args).current_dir(&root);
         if let Some(m) = &mirror_env {
             cmd.env(MIRROR_ENV, m);
+        }
+        if let Some(m) = &mnist_env {
+            cmd.env(MNIST_MIRROR_ENV, m);
         }
         let status = cmd
             .status()

@@ -32,6 +32,40 @@ impl DataSourceArgs {
         Ok(())
     }
 
+    /// Makes sure the MNIST test set is in `dir`, fetching it from `mirror` (a
+    /// `--mnist-mirror` value; else `$MNIST_MIRROR`, else the public copy) unless
+    /// `--no-download` is given.
+    #[cfg(feature = "fetch")]
+    pub fn ensure_mnist(
+        &self,
+        dir: &std::path::Path,
+        mirror: Option<&str>,
+        progress: bool,
+    ) -> Result<()> {
+        use siamese_data::fetch::mnist::{ensure_mnist, mnist_source};
+        ensure_mnist(dir, &mnist_source(mirror), !self.no_download, progress)?;
+        Ok(())
+    }
+
+    /// Without the `fetch` feature the MNIST test set must already be there.
+    #[cfg(not(feature = "fetch"))]
+    pub fn ensure_mnist(
+        &self,
+        dir: &std::path::Path,
+        _mirror: Option<&str>,
+        _progress: bool,
+    ) -> Result<()> {
+        let files = siamese_data::mnist::MNIST_TEST_FILES;
+        anyhow::ensure!(
+            files.iter().all(|f| dir.join(f.name).is_file()),
+            "the MNIST test set is not in {} and this build cannot download (built without \
+             the `fetch` feature): run `cargo xtask fetch-mnist --dest {} --mirror <DIR|URL>`",
+            dir.display(),
+            dir.display()
+        );
+        Ok(())
+    }
+
     /// Without the `fetch` feature the data set must already be there.
     #[cfg(not(feature = "fetch"))]
     pub fn ensure(&self, sets: &[OmniglotSet], _progress: bool) -> Result<()> {

@@ -6,15 +6,20 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use siamese_data::lake::load_runs;
+use siamese_data::mnist::{MNIST_DEFAULT_DIR, MNIST_DEFAULT_FIT, MNIST_SIDE, MnistSet};
 use siamese_data::sample::TaskSpec;
+use siamese_data::user_image::Fit;
 use siamese_data::{OmniglotSet, Part, SplitName};
 use siamese_eval::{
-    EvalOptions, EvalReport, ModifiedHausdorff, OneShotScorer, PixelNn, TrialSet, evaluate,
-    koch_trial_count, save_sheet, siamese_scorer_shifted,
+    EvalOptions, EvalReport, MNIST_TRIALS, ModifiedHausdorff, OneShotScorer, PixelNn, Protocol,
+    TrialSet, evaluate, koch_trial_count, save_sheet, siamese_scorer_shifted,
 };
 use siamese_model::{SiameseNet, select_device};
 
 use crate::data_source::DataSourceArgs;
+
+/// The Modified Hausdorff baseline's ink threshold on MNIST's grey digits.
+const MNIST_INK_THRESHOLD: u8 = 128;
 
 /// Where `eval` and `classify` look for a model when `--model` is not given.
 pub const DEFAULT_RUN: &str = "runs/latest";
@@ -36,6 +41,31 @@ pub enum EvalPart {
     Val,
 }
 
+/// How images are fitted to the input (`--fit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FitArg {
+    /// Unchanged at the input's size, else placed like an Omniglot character.
+    Auto,
+    /// The whole image resized to the input by area (Koch: MNIST 28×28 → 35×35).
+    AsIs,
+    /// The ink cropped and centred with an Omniglot character's margin, then resized.
+    Character,
+    /// As `character` on Omniglot's 105×105 canvas, thinned to a skeleton, redrawn
+    /// with Omniglot's stroke width, and shrunk like an Omniglot image.
+    Strokes,
+}
+
+impl From<FitArg> for Fit {
+    fn from(f: FitArg) -> Fit {
+        match f {
+            FitArg::Auto => Fit::Auto,
+            FitArg::AsIs => Fit::AsIs,
+            FitArg::Character => Fit::Character,
+            FitArg::Strokes => Fit::Strokes,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
@@ -47,13 +77,13 @@ pub struct EvalArgs {
     /// [default: runs/latest].
     #[arg(long, value_name = "PATH")]
     pub model: Option<PathBuf>,
-    /// Candidates per trial.
-    #[arg(long, default_value_t = 20)]
-    pub way: usize,
+    /// Candidates per trial [default: 20; 10 with --mnist].
+    #[arg(long)]
+    pub way: Option<usize>,
     /// Examples per candidate class.
     #[arg(long, default_value_t = 1)]
     pub shots: usize,
-    /// Number of trials [default: Koch's 400 on test, 320 on validation].
+    /// Number of trials [default: Koch's 400 on test, 320 on validation, 400 on MNIST].
     #[arg(long)]
     pub trials: Option<usize>,
     /// Which held-out part of the evaluation alphabets.
@@ -66,8 +96,27 @@ pub struct EvalArgs {
     #[arg(long)]
     pub any_alphabet: bool,
     /// Evaluate on Lake's 20 official runs instead [default DIR: <data>/all_runs].
-    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with = "mnist")]
     pub lake_runs: Option<Option<PathBuf>>,
+    /// Koch et al.'s cross-domain test instead: one-shot trials on the MNIST test set
+    /// (10-way unless --way), the network trained on Omniglot only. DIR holds the
+    /// uncompressed test files, fetched there when missing [default DIR: data/mnist].
+    #[arg(
+        long,
+        value_name = "DIR",
+        num_args = 0..=1,
+        conflicts_with_all = ["any_alphabet", "within_alphabet"]
+    )]
+    pub mnist: Option<Option<PathBuf>>,
+    /// Local folder or HTTP(S) base URL holding t10k-images-idx3-ubyte.gz and
+    /// t10k-labels-idx1-ubyte.gz, used when the MNIST test set is missing
+    /// [default: the public copy].
+    #[arg(long, value_name = "DIR|URL", env = siamese_data::mnist::MNIST_MIRROR_ENV)]
+    pub mnist_mirror: Option<String>,
+    /// How MNIST digits are fitted to the input (the network's; 28×28 for the
+    /// baselines) [default: character].
+    #[arg(long, value_enum, requires = "mnist")]
+    pub fit: Option<FitArg>,
     /// Seed of the trial sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -93,8 +142,14 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
-    if args.way < 2 || args.shots == 0 || args.batch == 0 {
+    if args.way.is_some_and(|w| w < 2) || args.shots == 0 || args.batch == 0 {
         bail!("--way must be at least 2, --shots and --batch at least 1");
+    }
+    if args.mnist.is_some() && args.way.is_some_and(|w| w > 10) {
+        bail!("--way with --mnist: at most 10 (there are 10 digits)");
+    }
+    if args.mnist.is_some() && args.trials == Some(0) {
+        bail!("--trials must be at least 1");
     }
     match args.method {
         Method::Siamese => {
@@ -103,21 +158,70 @@ pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
             run_with(
                 &siamese_scorer_shifted(&net, &name, args.tta_shift),
                 args,
+                net.config().input_size,
                 progress,
             )
         }
-        Method::Hausdorff => run_with(&ModifiedHausdorff::default(), args, progress),
-        Method::PixelNn => run_with(&PixelNn, args, progress),
+        Method::Hausdorff => {
+            // Omniglot's images are 1-bit, where any threshold gives the same points;
+            // MNIST's digits are grey, and few pixels are pure ink: half ink is ink.
+            let scorer = if args.mnist.is_some() {
+                ModifiedHausdorff {
+                    ink_threshold: MNIST_INK_THRESHOLD,
+                }
+            } else {
+                ModifiedHausdorff::default()
+            };
+            run_with(&scorer, args, MNIST_SIDE, progress)
+        }
+        Method::PixelNn => run_with(&PixelNn, args, MNIST_SIDE, progress),
     }
 }
 
-fn run_with<S: OneShotScorer>(scorer: &S, args: &EvalArgs, progress: bool) -> Result<()> {
+/// `side`: the method's input side, which MNIST digits are fitted to.
+fn run_with<S: OneShotScorer>(
+    scorer: &S,
+    args: &EvalArgs,
+    side: usize,
+    progress: bool,
+) -> Result<()> {
     let options = EvalOptions {
         embed_batch: args.batch,
         keep_trials: args.save_sheet.is_some(),
         ..EvalOptions::default()
     };
-    let report = if let Some(dir) = &args.lake_runs {
+    let report = if let Some(dir) = &args.mnist {
+        let dir = dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(MNIST_DEFAULT_DIR));
+        args.source
+            .ensure_mnist(&dir, args.mnist_mirror.as_deref(), progress)?;
+        let raw = MnistSet::load(&dir).with_context(|| {
+            format!(
+                "loading the MNIST test set from {} (fetch it again with `cargo xtask \
+                 fetch-mnist --dest {} --force`)",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        let fit = args.fit.map_or(MNIST_DEFAULT_FIT, Fit::from);
+        let fitted = raw.map_images(|img| fit.apply(img, side));
+        tracing::info!(
+            "MNIST: {} digits from {}, fitted to {side}×{side} ({fit})",
+            raw.len(),
+            dir.display()
+        );
+        let set = TrialSet::mnist(
+            &fitted,
+            args.way.unwrap_or(10),
+            args.shots,
+            args.trials.unwrap_or(MNIST_TRIALS),
+            args.seed,
+            fit.name(),
+            side,
+        )?;
+        finish(scorer, &set, &options, args)?
+    } else if let Some(dir) = &args.lake_runs {
         let dir = match dir {
             Some(dir) => dir.clone(),
             None => {
@@ -143,11 +247,12 @@ fn run_with<S: OneShotScorer>(scorer: &S, args: &EvalArgs, progress: bool) -> Re
             .with_context(|| format!("loading the {part} part of the evaluation alphabets"))?;
         let trials = args.trials.unwrap_or_else(|| koch_trial_count(part));
         let within = !args.any_alphabet;
+        let way = args.way.unwrap_or(20);
         let set = if args.shots == 1 && within {
-            TrialSet::koch(&data, args.way, trials, args.seed)?
+            TrialSet::koch(&data, way, trials, args.seed)?
         } else {
             let spec = TaskSpec {
-                way: args.way,
+                way,
                 shots: args.shots,
                 within_alphabet: within,
             };
@@ -246,7 +351,12 @@ fn print_report(r: &EvalReport, json: bool) -> Result<()> {
         "time      embed {:.2} s ({} images), score {:.2} s",
         r.timing.embed_seconds, r.timing.images_embedded, r.timing.score_seconds
     )?;
-    for (title, rows) in [("alphabet", &r.per_alphabet), ("run", &r.per_run)] {
+    let group = if matches!(r.protocol, Protocol::Mnist { .. }) {
+        "query's digit"
+    } else {
+        "alphabet"
+    };
+    for (title, rows) in [(group, &r.per_alphabet), ("run", &r.per_run)] {
         if rows.is_empty() {
             continue;
         }

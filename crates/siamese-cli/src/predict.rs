@@ -9,13 +9,13 @@ use clap::Args;
 use serde::Serialize;
 use siamese_data::sample::NegativeFrom;
 use siamese_data::tensor::images_to_tensor;
-use siamese_data::user_image::load_user_image;
+use siamese_data::user_image::load_user_image_with;
 use siamese_data::{GrayImage, OmniglotSet, Part, SplitName};
 use siamese_eval::{EvalOptions, siamese_scorer, verify};
 use siamese_model::{SiameseNet, Tensor};
 
 use crate::data_source::DataSourceArgs;
-use crate::eval::load_model;
+use crate::eval::{FitArg, load_model};
 
 /// Images per embedding batch.
 const EMBED_BATCH: usize = 128;
@@ -38,6 +38,10 @@ pub struct CompareArgs {
     pub b: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// How the images are fitted to the network's input (auto: unchanged at its
+    /// size, else placed like an Omniglot character).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub fit: FitArg,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -58,6 +62,11 @@ pub struct ClassifyArgs {
     pub top_k: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// How the images are fitted to the network's input (auto: unchanged at its
+    /// size, else placed like an Omniglot character; for MNIST digits, `character`
+    /// is what `eval --mnist` does by default).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub fit: FitArg,
     /// Print one JSON object per query, one per line.
     #[arg(long)]
     pub json: bool,
@@ -86,8 +95,8 @@ pub struct VerifyArgs {
 pub fn compare(args: &CompareArgs) -> Result<()> {
     let (net, _) = load_model(args.model.model.as_deref(), &args.model.device)?;
     let size = net.config().input_size;
-    let a = load_user_image(&args.a, size)?;
-    let b = load_user_image(&args.b, size)?;
+    let a = load_user_image_with(&args.a, size, args.fit.into())?;
+    let b = load_user_image_with(&args.b, size, args.fit.into())?;
     let device = net.device().clone();
     let logit: f32 = net
         .forward_pairs(
@@ -128,7 +137,8 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let (net, _) = load_model(args.model.model.as_deref(), &args.model.device)?;
     let size = net.config().input_size;
     let load = |p: &PathBuf| {
-        load_user_image(p, size).with_context(|| format!("--query/--support image {}", p.display()))
+        load_user_image_with(p, size, args.fit.into())
+            .with_context(|| format!("--query/--support image {}", p.display()))
     };
     let examples: Vec<GrayImage> = classes
         .iter()

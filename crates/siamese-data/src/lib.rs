@@ -20,6 +20,7 @@ pub mod fetch;
 pub mod image;
 pub mod index;
 pub mod lake;
+pub mod mnist;
 mod packed;
 pub mod sample;
 pub mod sets;

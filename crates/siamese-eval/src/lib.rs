@@ -9,7 +9,8 @@
 //!   functions; [`ModifiedHausdorff`] (Lake et al.'s baseline) and [`PixelNn`] (L2 on
 //!   raw pixels) are plain implementations.
 //! - [`TrialSet`]: the trials of a protocol ([`TrialSet::koch`],
-//!   [`TrialSet::tasks`], [`TrialSet::lake`]) over a table of distinct images.
+//!   [`TrialSet::tasks`], [`TrialSet::lake`], [`TrialSet::mnist`]) over a table of
+//!   distinct images.
 //! - [`evaluate`]: embeds **each distinct image once** (in batches), scores all pairs
 //!   from the cached embeddings (in batches), and judges each trial: correct only
 //!   when the true class's score is strictly greater than every other candidate's,
@@ -50,8 +51,8 @@ pub use baselines::{
 };
 pub use error::EvalError;
 pub use protocol::{
-    ImageRef, KOCH_TEST_TRIALS, KOCH_VALIDATION_TRIALS, KOCH_WAY, Protocol, Trial, TrialImage,
-    TrialSet, koch_trial_count,
+    ImageRef, KOCH_TEST_TRIALS, KOCH_VALIDATION_TRIALS, KOCH_WAY, MNIST_TRIALS, Protocol, Trial,
+    TrialImage, TrialSet, koch_trial_count,
 };
 pub use runner::{
     EvalOptions, EvalReport, GroupStats, Judgement, ShotReduce, Timing, TrialRecord, evaluate,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 use siamese_data::lake::LakeRun;
+use siamese_data::mnist::{MnistSet, mnist_tasks};
 use siamese_data::sample::{OneShotTask, TaskSpec, koch_tasks, sample_tasks};
 use siamese_data::{Dataset, GrayImage, Part, seeded_rng};
 
@@ -17,6 +18,9 @@ pub const KOCH_TEST_TRIALS: usize = 400;
 pub const KOCH_VALIDATION_TRIALS: usize = 320;
 /// The number of classes of Koch's and Lake's tasks.
 pub const KOCH_WAY: usize = 20;
+
+/// Koch et al.'s number of MNIST trials (their Table 3).
+pub const MNIST_TRIALS: usize = 400;
 
 /// Koch's trial count for a part of a split: 320 for validation, 400 otherwise.
 pub fn koch_trial_count(part: Part) -> usize {
@@ -40,6 +44,14 @@ pub enum Protocol {
     },
     /// Lake et al.'s official runs.
     LakeRuns { runs: usize },
+    /// N-way k-shot tasks over the MNIST digits (Koch et al.'s cross-domain test:
+    /// 10-way one-shot), with the fitting that put the digits into the network's input.
+    Mnist {
+        way: usize,
+        shots: usize,
+        fit: String,
+        side: usize,
+    },
     /// A trial set built by hand.
     Custom { name: String },
 }
@@ -73,6 +85,25 @@ pub struct Trial {
     pub alphabet: Option<usize>,
     /// Position in [`TrialSet::runs`], for protocols made of runs.
     pub run: Option<usize>,
+}
+
+/// The distinct images of sampled tasks, each once, in order of first use.
+#[derive(Default)]
+struct ImageTable<'a> {
+    ids: HashMap<usize, usize>,
+    images: Vec<TrialImage<'a>>,
+}
+
+impl<'a> ImageTable<'a> {
+    /// The table id of data set image `i`, adding it (from `image`) on first use.
+    fn id(&mut self, i: usize, image: impl FnOnce() -> (&'a GrayImage, ImageRef)) -> usize {
+        let images = &mut self.images;
+        *self.ids.entry(i).or_insert_with(|| {
+            let (image, source) = image();
+            images.push(TrialImage { image, source });
+            images.len() - 1
+        })
+    }
 }
 
 /// The trials of one protocol and the distinct images they use (each once).
@@ -147,8 +178,7 @@ impl<'a> TrialSet<'a> {
         protocol: Protocol,
     ) -> Result<Self, EvalError> {
         let index = dataset.index();
-        let mut ids: HashMap<usize, usize> = HashMap::new();
-        let mut images = Vec::new();
+        let mut table = ImageTable::default();
         let mut id_of = |i: usize| -> Result<usize, EvalError> {
             if i >= dataset.len() {
                 return Err(EvalError::Invalid(format!(
@@ -156,15 +186,12 @@ impl<'a> TrialSet<'a> {
                     dataset.len()
                 )));
             }
-            Ok(*ids.entry(i).or_insert_with(|| {
-                images.push(TrialImage {
-                    image: dataset.image(i),
-                    source: ImageRef {
-                        path: index.images()[i].path.clone(),
-                        dataset_index: Some(i),
-                    },
-                });
-                images.len() - 1
+            Ok(table.id(i, || {
+                let source = ImageRef {
+                    path: index.images()[i].path.clone(),
+                    dataset_index: Some(i),
+                };
+                (dataset.image(i), source)
             }))
         };
         let mut alphabet_ids: HashMap<usize, usize> = HashMap::new();
@@ -194,10 +221,67 @@ impl<'a> TrialSet<'a> {
             protocol,
             data: index.root().display().to_string(),
             seed: None,
-            images,
+            images: table.images,
             alphabets,
             runs: Vec::new(),
             trials,
+        })
+    }
+
+    /// `trials` MNIST tasks ([`mnist_tasks`] with `seeded_rng(seed)`: every digit
+    /// among the candidates when `way` is 10, the query's digit at a random position)
+    /// over `set`, whose images are already fitted to the method's input (`fit` and
+    /// `side` say how, as reported). Each trial's "alphabet" is its query's digit
+    /// (`digit 0` … `digit 9`), so the report's per-alphabet table is per digit.
+    pub fn mnist(
+        set: &'a MnistSet,
+        way: usize,
+        shots: usize,
+        trials: usize,
+        seed: u64,
+        fit: &str,
+        side: usize,
+    ) -> Result<Self, EvalError> {
+        let tasks = mnist_tasks(set, way, shots, trials, &mut seeded_rng(seed))?;
+        let mut table = ImageTable::default();
+        let mut trial_list = Vec::with_capacity(tasks.len());
+        let source = |i: usize| ImageRef {
+            path: set.root.join(format!("t10k#{i:05}")),
+            dataset_index: Some(i),
+        };
+        for task in &tasks {
+            let query = table.id(task.query, || (&set.images[task.query], source(task.query)));
+            let classes = task
+                .support
+                .iter()
+                .map(|shots| {
+                    shots
+                        .iter()
+                        .map(|&i| table.id(i, || (&set.images[i], source(i))))
+                        .collect()
+                })
+                .collect();
+            trial_list.push(Trial {
+                query,
+                classes,
+                answer: task.answer,
+                alphabet: Some(usize::from(set.labels[task.query])),
+                run: None,
+            });
+        }
+        Ok(TrialSet {
+            protocol: Protocol::Mnist {
+                way,
+                shots,
+                fit: fit.to_owned(),
+                side,
+            },
+            data: set.root.display().to_string(),
+            seed: Some(seed),
+            images: table.images,
+            alphabets: (0..10).map(|d| format!("digit {d}")).collect(),
+            runs: Vec::new(),
+            trials: trial_list,
         })
     }
 

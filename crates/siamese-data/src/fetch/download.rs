@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use md5::{Digest, Md5};
 
 use super::FetchError;
-use crate::sets::OmniglotSet;
+use crate::sets::{MIRROR_ENV, OmniglotSet};
 
 /// The expected size and md5 of an archive: those published for the official files.
 /// Only archives downloaded from the official URLs are checked against them (the mirror
@@ -70,7 +70,19 @@ pub fn download(
     expected: Option<&ArchiveChecksum>,
     progress: bool,
 ) -> Result<Downloaded, FetchError> {
-    let result = download_inner(url, to, expected, progress);
+    download_with_hint(url, to, expected, progress, MIRROR_ENV)
+}
+
+/// [`download`] for a data set whose mirror variable is `mirror_env` (named in the
+/// errors that suggest a mirror).
+pub fn download_with_hint(
+    url: &str,
+    to: &Path,
+    expected: Option<&ArchiveChecksum>,
+    progress: bool,
+    mirror_env: &'static str,
+) -> Result<Downloaded, FetchError> {
+    let result = download_inner(url, to, expected, progress, mirror_env);
     if result.is_err() {
         let _ = fs::remove_file(to);
     }
@@ -82,6 +94,7 @@ fn download_inner(
     to: &Path,
     expected: Option<&ArchiveChecksum>,
     progress: bool,
+    mirror_env: &'static str,
 ) -> Result<Downloaded, FetchError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
@@ -92,10 +105,12 @@ fn download_inner(
         ureq::Error::StatusCode(status) => FetchError::HttpStatus {
             url: url.to_owned(),
             status,
+            mirror_env,
         },
         other => FetchError::Unreachable {
             url: url.to_owned(),
             reason: other.to_string(),
+            mirror_env,
         },
     })?;
     let content_length = response.body().content_length();

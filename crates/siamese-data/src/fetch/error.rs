@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use crate::mnist::MNIST_MIRROR_ENV;
 use crate::sets::{MIRROR_ENV, OmniglotSet};
 
 /// Why a fetch failed. Every variant names the file, folder or URL concerned, and the
@@ -15,16 +16,26 @@ pub enum FetchError {
     /// connection, timeout).
     #[error(
         "cannot reach {url}: {reason}. Without internet access, point to a local copy of \
-         the Omniglot zips with `--mirror <DIR|URL>` or the {MIRROR_ENV} environment variable"
+         the files with `--mirror <DIR|URL>` or the {mirror_env} environment variable"
     )]
-    Unreachable { url: String, reason: String },
+    Unreachable {
+        url: String,
+        reason: String,
+        /// The variable that names a mirror of this data set.
+        mirror_env: &'static str,
+    },
 
     /// The server answered with an error status.
     #[error(
         "{url} answered HTTP status {status}; check the URL, or use another source with \
-         `--mirror <DIR|URL>` or {MIRROR_ENV}"
+         `--mirror <DIR|URL>` or {mirror_env}"
     )]
-    HttpStatus { url: String, status: u16 },
+    HttpStatus {
+        url: String,
+        status: u16,
+        /// The variable that names a mirror of this data set.
+        mirror_env: &'static str,
+    },
 
     /// The connection broke while the body was being received.
     #[error(
@@ -65,6 +76,26 @@ pub enum FetchError {
         expected: u64,
         actual: u64,
     },
+
+    /// A folder mirror lacks a file of the MNIST test set.
+    #[error(
+        "{path} not found in the mirror folder {dir}: it must hold the MNIST test set as \
+         t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz; check --mirror or \
+         {MNIST_MIRROR_ENV}"
+    )]
+    MnistMissingInMirror { dir: PathBuf, path: PathBuf },
+
+    /// A gzip file cannot be decompressed (truncated, corrupt, not gzip).
+    #[error("{file} is not a complete gzip file: {reason}; fetch it again or use another mirror")]
+    CorruptGzip { file: String, reason: String },
+
+    /// The MNIST test set is not in the destination and downloading was not allowed.
+    #[error(
+        "the MNIST test set is not in {dest}; get it with `cargo xtask fetch-mnist --dest \
+         {dest}` (add `--mirror <DIR|URL>` without internet access)",
+        dest = dest.display()
+    )]
+    MnistNotPresent { dest: PathBuf },
 
     /// The archive cannot be read as a zip (truncated, corrupt, unsupported).
     #[error("{zip} is truncated or corrupt: {reason}; fetch it again or use another mirror")]

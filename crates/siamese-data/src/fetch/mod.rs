@@ -21,13 +21,14 @@
 mod download;
 mod error;
 mod extract;
+pub mod mnist;
 
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use download::{ArchiveChecksum, Downloaded, download};
+pub use download::{ArchiveChecksum, Downloaded, download, download_with_hint};
 pub use error::FetchError;
 pub use extract::unsafe_entry_reason;
 
@@ -69,17 +70,23 @@ impl Source {
     /// The default source: the [`MIRROR_ENV`] (`OMNIGLOT_MIRROR`) environment variable
     /// when it is set and not empty, the official repository otherwise.
     pub fn from_env() -> Source {
-        match std::env::var_os(MIRROR_ENV) {
-            Some(v) if !v.is_empty() => Source::parse_mirror(&v.to_string_lossy()),
-            _ => Source::Official,
-        }
+        Source::resolve_with_env(None, MIRROR_ENV)
     }
 
     /// `--mirror` when given (and not empty), else [`Source::from_env`].
     pub fn resolve(mirror: Option<&str>) -> Source {
+        Source::resolve_with_env(mirror, MIRROR_ENV)
+    }
+
+    /// `mirror` when given (and not empty), else the environment variable `env` when
+    /// set and not empty, else [`Source::Official`] (the data set's public default).
+    pub fn resolve_with_env(mirror: Option<&str>, env: &str) -> Source {
         match mirror {
             Some(m) if !m.is_empty() => Source::parse_mirror(m),
-            _ => Source::from_env(),
+            _ => match std::env::var_os(env) {
+                Some(v) if !v.is_empty() => Source::parse_mirror(&v.to_string_lossy()),
+                _ => Source::Official,
+            },
         }
     }
 
