@@ -59,7 +59,19 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How long candle's elementwise thread pool spins before it sleeps (its default is
+/// 25,000 spins). Its spinning workers compete with rayon's for the cores between the
+/// many small ops of a training step; 100 made a Conv-4 episode step ~8% faster on 2
+/// cores. `CANDLE_BARRIER_POOL_SPIN_LIMIT` in the environment still wins.
+const CANDLE_SPIN_LIMIT: &str = "100";
+
 fn main() -> std::process::ExitCode {
+    const SPIN_ENV: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(SPIN_ENV).is_none() {
+        // SAFETY: no other thread exists yet (nothing has started candle's or rayon's
+        // pools), so nothing reads the environment concurrently.
+        unsafe { std::env::set_var(SPIN_ENV, CANDLE_SPIN_LIMIT) };
+    }
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     if cli.tf32 {
@@ -108,8 +120,12 @@ fn init_logging(quiet: bool, verbose: u8) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_env("SIAMESE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only on a terminal, and never with NO_COLOR set (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()

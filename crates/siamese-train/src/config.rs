@@ -725,8 +725,16 @@ fn non_negative(x: f64) -> bool {
 /// Merges `overlay` into `base`: objects field by field (recursively), anything else
 /// replaced.
 fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
+    use serde_json::Value::Object;
     match (base, overlay) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+        // An enum variant with fields is a one-key map (`{"step": {...}}`): a
+        // different variant replaces it rather than merging into a two-key map.
+        (Object(b), Object(o))
+            if b.len() == 1 && o.len() == 1 && o.keys().all(|k| !b.contains_key(k)) =>
+        {
+            *b = o;
+        }
+        (Object(b), Object(o)) => {
             for (k, v) in o {
                 match b.get_mut(&k) {
                     Some(slot) => merge(slot, v),
@@ -869,6 +877,31 @@ mod tests {
             c.train.sgd.layers["conv1"],
             SgdSchedule::default().layers["conv1"]
         );
+
+        // Another variant of an enum with fields replaces the preset's; the same
+        // variant merges field by field.
+        let cosine = dir.path().join("cosine.json");
+        std::fs::write(
+            &cosine,
+            r#"{"train": {"lr_schedule": {"cosine": {"steps": 900, "min_factor": 0.1, "warmup": 0}}}}"#,
+        )
+        .unwrap();
+        let c = TrainConfig::from_file_over(Preset::Default, &cosine).unwrap();
+        assert!(matches!(
+            c.train.lr_schedule,
+            LrSchedule::Cosine { steps: 900, .. }
+        ));
+        let way = dir.path().join("way.json");
+        std::fs::write(
+            &way,
+            r#"{"train": {"objective": {"episodes": {"way": 5}}}}"#,
+        )
+        .unwrap();
+        let c = TrainConfig::from_file_over(Preset::Default, &way).unwrap();
+        let Objective::Episodes(episodes) = c.train.objective else {
+            panic!("{:?}", c.train.objective)
+        };
+        assert_eq!((episodes.way, episodes.queries), (5, 5));
 
         // A whole saved config reads back as itself.
         let full = dir.path().join("config.json");

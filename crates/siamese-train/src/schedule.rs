@@ -306,8 +306,10 @@ pub enum RunOptimizer {
         /// The final hyper-parameters of each variable, in the optimizer's order.
         last: Vec<SgdHyper>,
     },
+    /// Adam or AdamW (`kind`), which differ only in the decoupled weight decay.
     Adam {
         opt: Adam,
+        kind: OptimizerKind,
         base_lr: f64,
         lr_decay: f64,
     },
@@ -354,6 +356,7 @@ impl RunOptimizer {
                 };
                 Ok(RunOptimizer::Adam {
                     opt: Adam::new(vars.into_iter().map(|(_, v)| v).collect(), config)?,
+                    kind,
                     base_lr: adam.lr,
                     lr_decay: adam.lr_decay,
                 })
@@ -385,6 +388,7 @@ impl RunOptimizer {
                 opt,
                 base_lr,
                 lr_decay,
+                ..
             } => opt.set_learning_rate(lr_at(*base_lr, *lr_decay, epoch) * lr_factor),
         }
     }
@@ -419,11 +423,18 @@ impl RunOptimizer {
         }
     }
 
+    /// `sgd`, `adam` or `adamw` (the configuration's name, recorded in checkpoints).
     pub fn kind_name(&self) -> &'static str {
         match self {
-            RunOptimizer::Sgd { .. } => "sgd",
-            RunOptimizer::Adam { .. } => "adam",
+            RunOptimizer::Sgd { .. } => OptimizerKind::Sgd.name(),
+            RunOptimizer::Adam { kind, .. } => kind.name(),
         }
+    }
+
+    /// Whether a checkpoint that records optimizer `saved` can resume into this one.
+    /// Checkpoints written before AdamW had a name of its own record it as `adam`.
+    pub fn resumes_from(&self, saved: &str) -> bool {
+        saved == self.kind_name() || (saved == "adam" && self.kind_name() == "adamw")
     }
 
     pub fn state(&self) -> Result<OptimizerState, TrainError> {
@@ -545,5 +556,29 @@ mod tests {
         missing.layers.remove("fc");
         let err = missing.layer("tower.fc.bias").unwrap_err().to_string();
         assert!(err.contains("\"fc\""), "{err}");
+    }
+
+    #[test]
+    fn optimizers_are_named_by_their_kind() {
+        use siamese_model::{ModelConfig, SiameseNet};
+        let device = candle_core::Device::Cpu;
+        let config = ModelConfig::new(siamese_model::Arch::Koch35);
+        let (net, varmap) = SiameseNet::init(config, 0, &device).unwrap();
+        let (sgd, adam) = (SgdSchedule::default(), AdamSettings::default());
+        for kind in [
+            OptimizerKind::Sgd,
+            OptimizerKind::Adam,
+            OptimizerKind::Adamw,
+        ] {
+            let opt = RunOptimizer::new(kind, &sgd, &adam, &net, &varmap).unwrap();
+            assert_eq!(opt.kind_name(), kind.name());
+            assert!(opt.resumes_from(kind.name()));
+        }
+        let adamw = RunOptimizer::new(OptimizerKind::Adamw, &sgd, &adam, &net, &varmap).unwrap();
+        // Checkpoints from before AdamW had its own name.
+        assert!(adamw.resumes_from("adam"));
+        assert!(!adamw.resumes_from("sgd"));
+        let plain = RunOptimizer::new(OptimizerKind::Adam, &sgd, &adam, &net, &varmap).unwrap();
+        assert!(!plain.resumes_from("adamw"));
     }
 }

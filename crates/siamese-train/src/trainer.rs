@@ -239,7 +239,7 @@ impl<'a> Trainer<'a> {
                 let ckpt = load_checkpoint(&dir, &config.model, &device)?;
                 let mut optimizer =
                     RunOptimizer::new(t.optimizer, &t.sgd, &t.adam, &ckpt.net, &ckpt.varmap)?;
-                if ckpt.state.optimizer != optimizer.kind_name() {
+                if !optimizer.resumes_from(&ckpt.state.optimizer) {
                     return Err(TrainError::Resume {
                         path: dir,
                         reason: format!(
