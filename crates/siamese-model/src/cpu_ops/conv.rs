@@ -40,10 +40,7 @@ pub(crate) struct ConvGeom {
 
 impl ConvGeom {
     /// From the dims of `x: (n, c, h, w)` and `w: (o, c, kh, kw)`.
-    pub fn new(
-        x: (usize, usize, usize, usize),
-        w: (usize, usize, usize, usize),
-    ) -> Result<Self> {
+    pub fn new(x: (usize, usize, usize, usize), w: (usize, usize, usize, usize)) -> Result<Self> {
         Self::padded(x, w, 0)
     }
 

@@ -789,7 +789,10 @@ mod batch_norm {
                 match (fs, ss) {
                     (Some((fm, fv)), Some((sm, sv))) => {
                         for (a, e) in fm.iter().zip(&sm).chain(fv.iter().zip(&sv)) {
-                            assert!((a - e).abs() < 1e-4 * e.abs().max(1.0), "{what}: {a} vs {e}");
+                            assert!(
+                                (a - e).abs() < 1e-4 * e.abs().max(1.0),
+                                "{what}: {a} vs {e}"
+                            );
                         }
                     }
                     (None, None) => {}
