@@ -114,7 +114,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "DIR|URL", env = siamese_data::mnist::MNIST_MIRROR_ENV)]
     pub mnist_mirror: Option<String>,
     /// How MNIST digits are fitted to the input (the network's; 28×28 for the
-    /// baselines) [default: character].
+    /// baselines) [default: strokes].
     #[arg(long, value_enum, requires = "mnist")]
     pub fit: Option<FitArg>,
     /// Seed of the trial sampler.

@@ -63,8 +63,8 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// How the images are fitted to the network's input (auto: unchanged at its
-    /// size, else placed like an Omniglot character; for MNIST digits, `character`
-    /// is what `eval --mnist` does by default).
+    /// size, else placed like an Omniglot character; for MNIST digits, `strokes` is
+    /// what `eval --mnist` does by default).
     #[arg(long, value_enum, default_value = "auto")]
     pub fit: FitArg,
     /// Print one JSON object per query, one per line.
