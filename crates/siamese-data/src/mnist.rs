@@ -622,6 +622,23 @@ mod tests {
         assert!(err.contains("nowhere"), "{err}");
     }
 
+    /// With the feature, candle-datasets reads exactly the digits the IDX parser
+    /// reads (run: `cargo test --release -p siamese-data --features candle-datasets
+    /// --lib mnist`).
+    #[cfg(feature = "candle-datasets")]
+    #[test]
+    fn candle_datasets_reads_the_same_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = idx_images(6, 28, 28);
+        let labels = idx_labels(&[5, 0, 9, 1, 1, 3]);
+        std::fs::write(dir.path().join(MNIST_TEST_IMAGES_FILE.name), &images).unwrap();
+        std::fs::write(dir.path().join(MNIST_TEST_LABELS_FILE.name), &labels).unwrap();
+        let ours = MnistSet::from_idx(dir.path(), &images, &labels).unwrap();
+        let theirs = MnistSet::load_with_candle_datasets(dir.path()).unwrap();
+        assert_eq!(ours, theirs);
+        assert_eq!(MnistSet::load(dir.path()).unwrap(), ours);
+    }
+
     /// A set with `per` images of each digit, each image's pixel (0, 0) its index.
     fn toy_set(per: usize) -> MnistSet {
         let labels: Vec<u8> = (0..10 * per).map(|i| (i % 10) as u8).collect();

@@ -242,10 +242,12 @@ pub fn thin(ink: &mut [bool], w: usize, h: usize) {
                     let b = p.iter().filter(|&&v| v).count();
                     let a = (0..8).filter(|&i| !p[i] && p[(i + 1) % 8]).count();
                     let (n, e, s, wst) = (p[0], p[2], p[4], p[6]);
+                    // Step 1: P2·P4·P6 = 0 and P4·P6·P8 = 0; step 2: P2·P4·P8 = 0 and
+                    // P2·P6·P8 = 0.
                     let cond = if step == 0 {
-                        !(n && e && s) && !(e && s && wst)
+                        !(e && s && (n || wst))
                     } else {
-                        !(n && e && wst) && !(n && s && wst)
+                        !(n && wst && (e || s))
                     };
                     if (2..=6).contains(&b) && a == 1 && cond {
                         remove.push(y as usize * w + x as usize);
@@ -334,9 +336,9 @@ mod tests {
             28,
             28,
             (0..28 * 28)
-                .map(|i| {
+                .map(|i: i32| {
                     let (x, y) = (i % 28, i / 28);
-                    let ring = (x as i32 - 14).pow(2) + (y as i32 - 13).pow(2);
+                    let ring = (x - 14).pow(2) + (y - 13).pow(2);
                     if (40..80).contains(&ring) { 250 } else { 0 }
                 })
                 .collect(),
@@ -379,8 +381,8 @@ mod tests {
         // of different thickness give nearly the same ink.
         let ring = |thick: i32| {
             let pixels = (0..105 * 105)
-                .map(|i| {
-                    let (x, y) = ((i % 105) as i32 - 52, (i / 105) as i32 - 52);
+                .map(|i: i32| {
+                    let (x, y) = (i % 105 - 52, i / 105 - 52);
                     let d2 = x * x + y * y;
                     if (900..(30 + thick).pow(2)).contains(&d2) {
                         255
