@@ -17,43 +17,115 @@ pub fn workspace_root() -> PathBuf {
     root.canonicalize().unwrap_or(root)
 }
 
-/// Path of the `siamese-cli` binary, built once per test process with the same
-/// profile as the tests (`cargo build -p siamese-cli`), so that the end-to-end tests
-/// always run the current code.
+/// Path of the `siamese-cli` binary, built once per test process with the profile
+/// and into the target folder of the test binary itself (`cargo test` → `debug`,
+/// `cargo test --release` → `release`, `--profile NAME` → `NAME`), so that the
+/// end-to-end tests always run the current code, built the way they were.
 pub fn cli_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let root = workspace_root();
+        // A test binary lives in `<target>/<profile folder>/deps/`.
+        let exe = std::env::current_exe().expect("the test binary's own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test binary is in <target>/<profile>/deps");
+        let target = profile_dir.parent().expect("<target>/<profile>");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("a profile folder name");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "siamese-cli"])
-            .current_dir(&root)
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "siamese-cli"]);
+        match profile {
+            "debug" => {}
+            "release" => {
+                build.arg("--release");
+            }
+            other => {
+                build.args(["--profile", other]);
+            }
+        }
+        let status = build
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(workspace_root())
             .status()
             .expect("cannot run cargo to build siamese-cli");
-        assert!(status.success(), "building siamese-cli failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        target.join("debug").join("siamese-cli")
+        assert!(status.success(), "building siamese-cli ({profile}) failed");
+        profile_dir.join("siamese-cli")
     })
     .clone()
 }
 
-/// The offline mirror of the Omniglot zips: `$OMNIGLOT_MIRROR`, else
-/// `<workspace>/../shared/omniglot`. Panics with a clear message when neither holds
-/// the zips, since the data tests cannot run without them.
+/// Where the test data comes from, said once per test process on stderr (the test
+/// output shows it on failure, or with `--nocapture`).
+fn say_source(what: &str, dir: &Path, how: &str) {
+    eprintln!("test data: {what} from {} ({how})", dir.display());
+}
+
+/// `$<env>` if set, else `<workspace>/../shared/<shared>` if it holds `probe`, else
+/// `None`.
+fn local_mirror(env: &str, shared: &str, probe: &str) -> Option<(PathBuf, &'static str)> {
+    if let Some(dir) = std::env::var_os(env).filter(|m| !m.is_empty()) {
+        return Some((PathBuf::from(dir), "the mirror variable"));
+    }
+    let dir = workspace_root().join("../shared").join(shared);
+    dir.join(probe)
+        .is_file()
+        .then_some((dir, "the shared mirror beside the checkout"))
+}
+
+/// A folder of the Omniglot zips for the tests: `$OMNIGLOT_MIRROR`, else
+/// `<workspace>/../shared/omniglot`, else (a plain clone) the official zips downloaded
+/// once into `<workspace>/target/test-data/omniglot-zips`, each checked against its
+/// published size and md5. Panics with a clear message when none of these works.
 pub fn mirror_dir() -> PathBuf {
-    let dir = std::env::var_os(MIRROR_ENV)
-        .filter(|m| !m.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/omniglot"));
-    assert!(
-        dir.join("images_evaluation.zip").is_file(),
-        "no Omniglot mirror at {}: set {MIRROR_ENV} to a folder holding the Omniglot zips \
-         (images_background.zip, ...)",
-        dir.display()
-    );
-    dir.canonicalize().unwrap_or(dir)
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let (dir, how) = local_mirror(MIRROR_ENV, "omniglot", "images_evaluation.zip")
+            .unwrap_or_else(|| {
+                (
+                    download_omniglot_zips(),
+                    "downloaded from the official URLs",
+                )
+            });
+        assert!(
+            dir.join("images_evaluation.zip").is_file(),
+            "no Omniglot mirror at {}: set {MIRROR_ENV} to a folder holding the Omniglot \
+             zips (images_background.zip, ...)",
+            dir.display()
+        );
+        let dir = dir.canonicalize().unwrap_or(dir);
+        say_source("Omniglot zips", &dir, how);
+        dir
+    })
+    .clone()
+}
+
+/// The official Omniglot zips, downloaded and verified into the test-data folder
+/// (those already there are kept: a download is renamed into place only once
+/// verified).
+fn download_omniglot_zips() -> PathBuf {
+    use siamese_data::fetch::{ArchiveChecksum, download};
+    let dir = workspace_root().join("target/test-data/omniglot-zips");
+    std::fs::create_dir_all(&dir).expect("cannot create the test-data folder");
+    for set in OmniglotSet::ALL {
+        let to = dir.join(set.zip_name());
+        if to.is_file() {
+            continue;
+        }
+        let url = format!("{}{}", siamese_data::OFFICIAL_BASE_URL, set.official_path());
+        let partial = dir.join(format!(".{}.part-{}", set.zip_name(), std::process::id()));
+        if let Err(e) = download(&url, &partial, Some(&ArchiveChecksum::official(set)), false) {
+            panic!(
+                "no Omniglot mirror ({MIRROR_ENV} unset, no ../shared/omniglot) and the \
+                 download of {url} failed: {e}"
+            );
+        }
+        std::fs::rename(&partial, &to).expect("cannot move a downloaded zip into place");
+    }
+    dir
 }
 
 /// Every set, extracted from [`mirror_dir`] into `<workspace>/target/test-data/omniglot`
@@ -88,13 +160,25 @@ pub fn extracted_dataset() -> PathBuf {
     .clone()
 }
 
-/// The offline mirror of the MNIST test set (`t10k-*.gz`): `$MNIST_MIRROR`, else
-/// `<workspace>/../shared/mnist`. Panics with a clear message when neither holds them.
+/// A folder of the MNIST test set's files (`t10k-*.gz`) for the tests:
+/// `$MNIST_MIRROR`, else `<workspace>/../shared/mnist`, else (a plain clone) the files
+/// downloaded once from the public default into
+/// `<workspace>/target/test-data/mnist-gz` (checked when they are read: the md5 of
+/// the uncompressed bytes). Panics with a clear message when none of these works.
 pub fn mnist_mirror_dir() -> PathBuf {
-    let dir = std::env::var_os(MNIST_MIRROR_ENV)
-        .filter(|m| !m.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/mnist"));
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(mnist_mirror_dir_uncached).clone()
+}
+
+fn mnist_mirror_dir_uncached() -> PathBuf {
+    let probe = "t10k-images-idx3-ubyte.gz";
+    let (dir, how) = local_mirror(MNIST_MIRROR_ENV, "mnist", probe).unwrap_or_else(|| {
+        (
+            download_mnist_gz(),
+            "downloaded from the public default URL",
+        )
+    });
+    say_source("MNIST", &dir, how);
     assert!(
         dir.join("t10k-images-idx3-ubyte.gz").is_file(),
         "no MNIST mirror at {}: set {MNIST_MIRROR_ENV} to a folder holding \
@@ -102,6 +186,34 @@ pub fn mnist_mirror_dir() -> PathBuf {
         dir.display()
     );
     dir.canonicalize().unwrap_or(dir)
+}
+
+/// The MNIST test set's two compressed files, downloaded from the public default
+/// into the test-data folder (verified later, by the md5 of the uncompressed bytes,
+/// wherever they are read).
+fn download_mnist_gz() -> PathBuf {
+    use siamese_data::fetch::download_with_hint;
+    use siamese_data::mnist::{
+        MNIST_DEFAULT_BASE_URL, MNIST_TEST_IMAGES_FILE, MNIST_TEST_LABELS_FILE,
+    };
+    let dir = workspace_root().join("target/test-data/mnist-gz");
+    std::fs::create_dir_all(&dir).expect("cannot create the test-data folder");
+    for file in [MNIST_TEST_IMAGES_FILE, MNIST_TEST_LABELS_FILE] {
+        let to = dir.join(file.gz_name);
+        if to.is_file() {
+            continue;
+        }
+        let url = format!("{MNIST_DEFAULT_BASE_URL}{}", file.gz_name);
+        let partial = dir.join(format!(".{}.part-{}", file.gz_name, std::process::id()));
+        if let Err(e) = download_with_hint(&url, &partial, None, false, MNIST_MIRROR_ENV) {
+            panic!(
+                "no MNIST mirror ({MNIST_MIRROR_ENV} unset, no ../shared/mnist) and the \
+                 download of {url} failed: {e}"
+            );
+        }
+        std::fs::rename(&partial, &to).expect("cannot move a downloaded file into place");
+    }
+    dir
 }
 
 /// The MNIST test set, fetched from [`mnist_mirror_dir`] into

@@ -32,7 +32,7 @@ pub enum ModelError {
     },
 
     /// The backend is compiled in but the device did not answer.
-    #[error("device {device:?} is not available: {source}")]
+    #[error("device {device:?} is not available")]
     DeviceUnavailable {
         /// The device specification as given.
         device: String,
@@ -69,7 +69,7 @@ pub enum ModelError {
     },
 
     /// Reading or writing a checkpoint failed.
-    #[error("{action} checkpoint {}: {source}", path.display())]
+    #[error("{action} checkpoint {}", path.display())]
     Io {
         /// What was being done ("reading", "writing", ...).
         action: &'static str,

@@ -14,7 +14,7 @@ pub enum TrainError {
     Config(String),
 
     /// Reading or writing a file of the run folder failed.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -52,7 +52,7 @@ pub enum TrainError {
     Model(#[from] siamese_model::ModelError),
 
     /// The validation (one-shot evaluation) failed.
-    #[error("validation: {0}")]
+    #[error("validation")]
     Eval(#[from] siamese_eval::EvalError),
 
     /// A tensor operation failed (loss, optimizer step...).

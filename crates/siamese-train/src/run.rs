@@ -275,18 +275,12 @@ pub fn save_checkpoint(
         std::fs::remove_dir_all(&tmp).map_err(TrainError::io("removing", &tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(TrainError::io("creating", &tmp))?;
-    net.save(tmp.join("model.safetensors"), provenance)?;
-    let tensors: HashMap<String, Tensor> = optimizer
-        .tensors
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
-        .collect::<Result<_, candle_core::Error>>()?;
-    let opt_path = tmp.join("optimizer.safetensors");
-    let opt_tmp = tmp.join(".optimizer.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &opt_tmp)?;
-    std::fs::rename(&opt_tmp, &opt_path).map_err(TrainError::io("writing", &opt_path))?;
-    let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    write_atomic(&tmp.join("state.json"), &json)?;
+    // A failure (a full disk) leaves no half-written folder behind.
+    let written = write_checkpoint_files(&tmp, net, optimizer, state, provenance);
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written?;
     // Swap: dir → .old, tmp → dir, drop .old.
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(TrainError::io("removing", &old))?;
@@ -299,6 +293,29 @@ pub fn save_checkpoint(
         std::fs::remove_dir_all(&old).map_err(TrainError::io("removing", &old))?;
     }
     Ok(())
+}
+
+/// The files of a checkpoint, into the folder `tmp`.
+fn write_checkpoint_files(
+    tmp: &Path,
+    net: &SiameseNet,
+    optimizer: &OptimizerState,
+    state: &TrainState,
+    provenance: &serde_json::Value,
+) -> Result<(), TrainError> {
+    net.save(tmp.join("model.safetensors"), provenance)?;
+    let tensors: HashMap<String, Tensor> = optimizer
+        .tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_, candle_core::Error>>()?;
+    let opt_path = tmp.join("optimizer.safetensors");
+    replace_file(&opt_path, |to| {
+        candle_core::safetensors::save(&tensors, to).map_err(std::io::Error::other)
+    })
+    .map_err(TrainError::io("writing", &opt_path))?;
+    let json = serde_json::to_vec_pretty(state).expect("state serialises");
+    write_atomic(&tmp.join("state.json"), &json)
 }
 
 /// A checkpoint read back: the network as trainable `Var`s, the optimizer's state and
