@@ -103,29 +103,60 @@ pub fn mirror_dir() -> PathBuf {
     .clone()
 }
 
-/// The official Omniglot zips, downloaded and verified into the test-data folder
-/// (those already there are kept: a download is renamed into place only once
-/// verified).
-fn download_omniglot_zips() -> PathBuf {
-    use siamese_data::fetch::{ArchiveChecksum, download};
-    let dir = workspace_root().join("target/test-data/omniglot-zips");
+/// One file to download into the test-data folder: its name there, its URL, and the
+/// published size and md5 to check it against (if any).
+struct TestDownload {
+    name: String,
+    url: String,
+    checksum: Option<siamese_data::fetch::ArchiveChecksum>,
+}
+
+/// Downloads `files` into `<workspace>/target/test-data/<folder>` (those already
+/// there are kept: each is renamed into place only once complete and verified);
+/// `mirror_env` is the variable that would have named a local copy.
+fn download_test_files(
+    folder: &str,
+    files: Vec<TestDownload>,
+    mirror_env: &'static str,
+) -> PathBuf {
+    let dir = workspace_root().join("target/test-data").join(folder);
     std::fs::create_dir_all(&dir).expect("cannot create the test-data folder");
-    for set in OmniglotSet::ALL {
-        let to = dir.join(set.zip_name());
+    for file in files {
+        let to = dir.join(&file.name);
         if to.is_file() {
             continue;
         }
-        let url = format!("{}{}", siamese_data::OFFICIAL_BASE_URL, set.official_path());
-        let partial = dir.join(format!(".{}.part-{}", set.zip_name(), std::process::id()));
-        if let Err(e) = download(&url, &partial, Some(&ArchiveChecksum::official(set)), false) {
+        let partial = dir.join(format!(".{}.part-{}", file.name, std::process::id()));
+        let got = siamese_data::fetch::download_with_hint(
+            &file.url,
+            &partial,
+            file.checksum.as_ref(),
+            false,
+            mirror_env,
+        );
+        if let Err(e) = got {
             panic!(
-                "no Omniglot mirror ({MIRROR_ENV} unset, no ../shared/omniglot) and the \
-                 download of {url} failed: {e}"
+                "no local mirror ({mirror_env} unset, none in ../shared) and the download of \
+                 {} failed: {e}",
+                file.url
             );
         }
-        std::fs::rename(&partial, &to).expect("cannot move a downloaded zip into place");
+        std::fs::rename(&partial, &to).expect("cannot move a downloaded file into place");
     }
     dir
+}
+
+/// The official Omniglot zips, each checked against its published size and md5.
+fn download_omniglot_zips() -> PathBuf {
+    let files = OmniglotSet::ALL
+        .into_iter()
+        .map(|set| TestDownload {
+            name: set.zip_name().to_owned(),
+            url: format!("{}{}", siamese_data::OFFICIAL_BASE_URL, set.official_path()),
+            checksum: Some(siamese_data::fetch::ArchiveChecksum::official(set)),
+        })
+        .collect();
+    download_test_files("omniglot-zips", files, MIRROR_ENV)
 }
 
 /// Every set, extracted from [`mirror_dir`] into `<workspace>/target/test-data/omniglot`
@@ -188,32 +219,21 @@ fn mnist_mirror_dir_uncached() -> PathBuf {
     dir.canonicalize().unwrap_or(dir)
 }
 
-/// The MNIST test set's two compressed files, downloaded from the public default
-/// into the test-data folder (verified later, by the md5 of the uncompressed bytes,
-/// wherever they are read).
+/// The MNIST test set's two compressed files from the public default (checked later,
+/// by the md5 of the uncompressed bytes, wherever they are read).
 fn download_mnist_gz() -> PathBuf {
-    use siamese_data::fetch::download_with_hint;
     use siamese_data::mnist::{
         MNIST_DEFAULT_BASE_URL, MNIST_TEST_IMAGES_FILE, MNIST_TEST_LABELS_FILE,
     };
-    let dir = workspace_root().join("target/test-data/mnist-gz");
-    std::fs::create_dir_all(&dir).expect("cannot create the test-data folder");
-    for file in [MNIST_TEST_IMAGES_FILE, MNIST_TEST_LABELS_FILE] {
-        let to = dir.join(file.gz_name);
-        if to.is_file() {
-            continue;
-        }
-        let url = format!("{MNIST_DEFAULT_BASE_URL}{}", file.gz_name);
-        let partial = dir.join(format!(".{}.part-{}", file.gz_name, std::process::id()));
-        if let Err(e) = download_with_hint(&url, &partial, None, false, MNIST_MIRROR_ENV) {
-            panic!(
-                "no MNIST mirror ({MNIST_MIRROR_ENV} unset, no ../shared/mnist) and the \
-                 download of {url} failed: {e}"
-            );
-        }
-        std::fs::rename(&partial, &to).expect("cannot move a downloaded file into place");
-    }
-    dir
+    let files = [MNIST_TEST_IMAGES_FILE, MNIST_TEST_LABELS_FILE]
+        .into_iter()
+        .map(|file| TestDownload {
+            name: file.gz_name.to_owned(),
+            url: format!("{MNIST_DEFAULT_BASE_URL}{}", file.gz_name),
+            checksum: None,
+        })
+        .collect();
+    download_test_files("mnist-gz", files, MNIST_MIRROR_ENV)
 }
 
 /// The MNIST test set, fetched from [`mnist_mirror_dir`] into

@@ -58,6 +58,19 @@ impl Dims {
         let (n, c, h, w) = s.dims4()?;
         Ok(Dims { n, c, h, w })
     }
+    /// The shape after the 2×2 pool; an error (`what` names the op) if the map is
+    /// smaller than the window.
+    pub(crate) fn pooled_shape(self, what: &str) -> Result<Shape> {
+        if self.h < 2 || self.w < 2 {
+            candle_core::bail!(
+                "{what}: a {}×{} map is smaller than the 2×2 pool",
+                self.h,
+                self.w
+            );
+        }
+        Ok(Shape::from((self.n, self.c, self.h / 2, self.w / 2)))
+    }
+
     pub(crate) fn hw(self) -> usize {
         self.h * self.w
     }
@@ -167,14 +180,7 @@ impl Kernel3 for BnReluPool {
         if g.dims1()? != d.c || b.dims1()? != d.c {
             candle_core::bail!("batch norm: x {x:?}, γ {g:?}, β {b:?}");
         }
-        if d.h < 2 || d.w < 2 {
-            candle_core::bail!(
-                "batch norm: a {}×{} map is smaller than the 2×2 pool",
-                d.h,
-                d.w
-            );
-        }
-        Ok(Shape::from((d.n, d.c, d.h / 2, d.w / 2)))
+        d.pooled_shape("batch norm")
     }
 
     fn forward<T: Real>(&self, shapes: [&Shape; 3], x: &[T], g: &[T], b: &[T]) -> Result<Vec<T>> {

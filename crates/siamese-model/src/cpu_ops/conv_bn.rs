@@ -60,18 +60,11 @@ impl Kernel3 for ConvBnReluPool {
     const NAME: &'static str = "conv2d-batch-norm-relu-pool2x2";
 
     fn out_shape(&self, x: &Shape, w: &Shape, gb: &Shape) -> Result<Shape> {
-        let (g, _) = self.geom(x, w)?;
+        let (g, d) = self.geom(x, w)?;
         if gb.dims2()? != (2, g.o) {
             candle_core::bail!("conv-batch-norm: [γ; β] is {gb:?}, expected (2, {})", g.o);
         }
-        if g.oh < 2 || g.ow < 2 {
-            candle_core::bail!(
-                "conv-batch-norm: a {}×{} map is smaller than the 2×2 pool",
-                g.oh,
-                g.ow
-            );
-        }
-        Ok(Shape::from((g.n, g.o, g.oh / 2, g.ow / 2)))
+        d.pooled_shape("conv-batch-norm")
     }
 
     fn forward<T: Real>(&self, shapes: [&Shape; 3], x: &[T], w: &[T], gb: &[T]) -> Result<Vec<T>> {

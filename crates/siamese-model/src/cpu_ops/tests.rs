@@ -675,29 +675,42 @@ mod batch_norm {
             ];
             for stats in modes {
                 let what = format!("{:?} {stats:?}", (n, c, h, w));
-                let (fused, fs) = batch_norm_relu_pool2x2(&x, &g, &b, stats, 1e-5)?;
-                let (stock, ss) = batch_norm_relu_pool2x2_stock(&x, &g, &b, stats, 1e-5)?;
-                assert_close(&format!("{what} forward"), &fused, &stock, 1e-5)?;
-                match (fs, ss) {
-                    (Some((fm, fv)), Some((sm, sv))) => {
-                        for (a, e) in fm.iter().zip(&sm).chain(fv.iter().zip(&sv)) {
-                            assert!((a - e).abs() < 1e-5, "{what}: stats {a} vs {e}");
-                        }
-                    }
-                    (None, None) => {}
-                    other => panic!("{what}: statistics {other:?}"),
-                }
-                let gf = (fused * &dy)?.sum_all()?.backward()?;
-                let gs = (stock * &dy)?.sum_all()?.backward()?;
-                for (name, v) in [
-                    ("x", x.as_tensor()),
-                    ("γ", g.as_tensor()),
-                    ("β", b.as_tensor()),
-                ] {
-                    let (a, e) = (gf.get(v).unwrap(), gs.get(v).unwrap());
-                    assert_close(&format!("{what} d{name}"), a, e, 1e-4)?;
+                let fused = batch_norm_relu_pool2x2(&x, &g, &b, stats, 1e-5)?;
+                let stock = batch_norm_relu_pool2x2_stock(&x, &g, &b, stats, 1e-5)?;
+                let vars = [("x", &*x), ("γ", &*g), ("β", &*b)];
+                same_outputs_and_gradients(&what, fused, stock, &dy, &vars, [1e-5, 1e-5, 1e-4])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asserts that two `(output, batch statistics)` agree (forward to `tol[0]`,
+    /// statistics to `tol[1]` relative), and the gradients of `Σ output·dy` with
+    /// respect to each of `vars` (to `tol[2]`).
+    fn same_outputs_and_gradients(
+        what: &str,
+        (fused, fs): (Tensor, Option<crate::cpu_ops::ChannelStats>),
+        (stock, ss): (Tensor, Option<crate::cpu_ops::ChannelStats>),
+        dy: &Tensor,
+        vars: &[(&str, &Tensor)],
+        tol: [f64; 3],
+    ) -> Result<()> {
+        assert_close(&format!("{what} forward"), &fused, &stock, tol[0])?;
+        match (fs, ss) {
+            (Some((fm, fv)), Some((sm, sv))) => {
+                for (a, e) in fm.iter().zip(&sm).chain(fv.iter().zip(&sv)) {
+                    let ok = (a - e).abs() < tol[1] * e.abs().max(1.0);
+                    assert!(ok, "{what}: statistics {a} vs {e}");
                 }
             }
+            (None, None) => {}
+            other => panic!("{what}: statistics {other:?}"),
+        }
+        let gf = (fused * dy)?.sum_all()?.backward()?;
+        let gs = (stock * dy)?.sum_all()?.backward()?;
+        for (name, v) in vars {
+            let (a, e) = (gf.get(v).unwrap(), gs.get(v).unwrap());
+            assert_close(&format!("{what} d{name}"), a, e, tol[2])?;
         }
         Ok(())
     }
@@ -783,32 +796,10 @@ mod batch_norm {
             ];
             for stats in modes {
                 let what = format!("{:?} {stats:?}", (n, c, h, wd, o, pad));
-                let (fused, fs) = conv_bn_relu_pool2x2(&x, &w, &g, &b, pad, stats, 1e-5, true)?;
-                let (stock, ss) = block_stock(&x, &w, (&g, &b), pad, stats)?;
-                assert_close(&format!("{what} forward"), &fused, &stock, 1e-4)?;
-                match (fs, ss) {
-                    (Some((fm, fv)), Some((sm, sv))) => {
-                        for (a, e) in fm.iter().zip(&sm).chain(fv.iter().zip(&sv)) {
-                            assert!(
-                                (a - e).abs() < 1e-4 * e.abs().max(1.0),
-                                "{what}: {a} vs {e}"
-                            );
-                        }
-                    }
-                    (None, None) => {}
-                    other => panic!("{what}: statistics {other:?}"),
-                }
-                let gf = (fused * &dy)?.sum_all()?.backward()?;
-                let gs = (stock * &dy)?.sum_all()?.backward()?;
-                for (name, v) in [
-                    ("x", x.as_tensor()),
-                    ("w", w.as_tensor()),
-                    ("γ", g.as_tensor()),
-                    ("β", b.as_tensor()),
-                ] {
-                    let (a, e) = (gf.get(v).unwrap(), gs.get(v).unwrap());
-                    assert_close(&format!("{what} d{name}"), a, e, 1e-3)?;
-                }
+                let fused = conv_bn_relu_pool2x2(&x, &w, &g, &b, pad, stats, 1e-5, true)?;
+                let stock = block_stock(&x, &w, (&g, &b), pad, stats)?;
+                let vars = [("x", &*x), ("w", &*w), ("γ", &*g), ("β", &*b)];
+                same_outputs_and_gradients(&what, fused, stock, &dy, &vars, [1e-4, 1e-4, 1e-3])?;
             }
         }
         Ok(())
