@@ -55,8 +55,8 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_DEST)]
         dest: PathBuf,
         /// Local folder or HTTP(S) base URL holding the zips under their official names,
-        /// instead of the official repository. Defaults to $OMNIGLOT_MIRROR when set.
-        #[arg(long, value_name = "DIR|URL")]
+        /// instead of the official repository.
+        #[arg(long, value_name = "DIR|URL", env = MIRROR_ENV)]
         mirror: Option<String>,
         /// Also fetch the two small background splits (images_background_small1/2).
         #[arg(long)]
@@ -75,9 +75,8 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = MNIST_DEFAULT_DIR)]
         dest: PathBuf,
         /// Local folder or HTTP(S) base URL holding t10k-images-idx3-ubyte.gz and
-        /// t10k-labels-idx1-ubyte.gz. Defaults to $MNIST_MIRROR when set, else the
-        /// public copy.
-        #[arg(long, value_name = "DIR|URL")]
+        /// t10k-labels-idx1-ubyte.gz [default: the public copy].
+        #[arg(long, value_name = "DIR|URL", env = MNIST_MIRROR_ENV)]
         mirror: Option<String>,
         /// Fetch and replace the files even when they are present and verified.
         #[arg(long)]

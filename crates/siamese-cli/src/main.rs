@@ -74,6 +74,7 @@ fn main() -> std::process::ExitCode {
     }
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
+    read_environment();
     if cli.tf32 {
         allow_tf32();
     }
@@ -97,6 +98,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classify(args) => predict::classify(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Bench(cmd) => bench::run(&cmd, progress),
+    }
+}
+
+/// The settings that come from the environment (the libraries read none): the
+/// plots' font and, for measurements, the convolution algorithm.
+fn read_environment() {
+    if let Some(font) = std::env::var_os("SIAMESE_PLOT_FONT").filter(|v| !v.is_empty()) {
+        siamese_train::plot::prefer_font_file(font.into());
+    }
+    if let Ok(value) = std::env::var("SIAMESE_CONV_ALGO") {
+        match value.parse::<siamese_model::cpu_ops::ConvAlgo>() {
+            Ok(algo) => siamese_model::cpu_ops::set_conv_algo(algo),
+            Err(e) => tracing::warn!("SIAMESE_CONV_ALGO: {e}; using auto"),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! PNG plots of a run: `loss.png` (training loss by step) and `validation.png`
 //! (validation accuracy by step, with its 95% interval), redrawn as training goes.
 //!
-//! Text is drawn with a TrueType font found at run time (`$SIAMESE_PLOT_FONT`, else
+//! Text is drawn with a TrueType font found at run time (the caller's
+//! [`prefer_font_file`], which `siamese-cli` takes from `$SIAMESE_PLOT_FONT`, else
 //! DejaVu Sans or Liberation Sans in the usual Linux folders, else Arial on macOS and
 //! Windows). Without one the plots are drawn without text. A plot that fails is a
 //! warning, never the end of training (the trainer logs [`draw_plots`]'s error).
@@ -29,13 +30,25 @@ const FONT_FILES: &[&str] = &[
     "C:\\Windows\\Fonts\\arial.ttf",
 ];
 
+/// A TrueType font file to try before the usual system fonts (set once, before the
+/// first plot).
+static PREFERRED_FONT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the plots try the TrueType font `path` first (before the first plot is
+/// drawn; later calls and calls after a plot change nothing).
+pub fn prefer_font_file(path: PathBuf) {
+    let _ = PREFERRED_FONT.set(path);
+}
+
 /// Registers a font for the plots' text, once per process; whether one was found.
 pub fn text_available() -> bool {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
     FOUND
         .get_or_init(|| {
-            let env = std::env::var_os("SIAMESE_PLOT_FONT").map(PathBuf::from);
-            let candidates = env.into_iter().chain(FONT_FILES.iter().map(PathBuf::from));
+            let preferred = PREFERRED_FONT.get().cloned();
+            let candidates = preferred
+                .into_iter()
+                .chain(FONT_FILES.iter().map(PathBuf::from));
             for path in candidates {
                 let Ok(bytes) = std::fs::read(&path) else {
                     continue;

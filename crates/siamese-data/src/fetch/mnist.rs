@@ -46,9 +46,10 @@ impl Default for MnistFetchOptions {
     }
 }
 
-/// `--mirror` when given (and not empty), else `$MNIST_MIRROR`, else the default URL.
+/// `mirror` (a `--mirror` value, which the binaries default to `$MNIST_MIRROR`) when
+/// given and not empty, else the public default URL.
 pub fn mnist_source(mirror: Option<&str>) -> Source {
-    Source::resolve_with_env(mirror, MNIST_MIRROR_ENV)
+    Source::resolve(mirror)
 }
 
 /// Where `source` keeps the compressed `file`.

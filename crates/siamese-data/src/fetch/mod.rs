@@ -34,7 +34,7 @@ pub use extract::unsafe_entry_reason;
 
 use crate::archive::{ARCHIVE_FILE, ARCHIVE_MARKER, marker_text};
 use crate::digest::{SetDigest, digest_set};
-use crate::sets::{MIRROR_ENV, OFFICIAL_BASE_URL, OmniglotSet};
+use crate::sets::{OFFICIAL_BASE_URL, OmniglotSet};
 
 /// Where [`fetch`] puts the sets unless told otherwise (relative to the current folder).
 pub const DEFAULT_DEST: &str = "data/omniglot";
@@ -67,26 +67,13 @@ impl Source {
         }
     }
 
-    /// The default source: the [`MIRROR_ENV`] (`OMNIGLOT_MIRROR`) environment variable
-    /// when it is set and not empty, the official repository otherwise.
-    pub fn from_env() -> Source {
-        Source::resolve_with_env(None, MIRROR_ENV)
-    }
-
-    /// `--mirror` when given (and not empty), else [`Source::from_env`].
+    /// `mirror` (a `--mirror` value, which the binaries default to their mirror
+    /// variable) when given and not empty, else [`Source::Official`] (the data set's
+    /// public default). The library reads no environment variable.
     pub fn resolve(mirror: Option<&str>) -> Source {
-        Source::resolve_with_env(mirror, MIRROR_ENV)
-    }
-
-    /// `mirror` when given (and not empty), else the environment variable `env` when
-    /// set and not empty, else [`Source::Official`] (the data set's public default).
-    pub fn resolve_with_env(mirror: Option<&str>, env: &str) -> Source {
         match mirror {
             Some(m) if !m.is_empty() => Source::parse_mirror(m),
-            _ => match std::env::var_os(env) {
-                Some(v) if !v.is_empty() => Source::parse_mirror(&v.to_string_lossy()),
-                _ => Source::Official,
-            },
+            _ => Source::Official,
         }
     }
 
@@ -106,9 +93,9 @@ impl Source {
 }
 
 impl Default for Source {
-    /// Same as [`Source::from_env`].
+    /// [`Source::Official`].
     fn default() -> Self {
-        Source::from_env()
+        Source::Official
     }
 }
 
@@ -127,7 +114,7 @@ impl fmt::Display for Source {
 pub struct FetchOptions {
     /// The folder that receives the set folders (default [`DEFAULT_DEST`]).
     pub dest: PathBuf,
-    /// Where the archives come from (default: [`Source::from_env`]).
+    /// Where the archives come from (default: [`Source::Official`]).
     pub source: Source,
     /// The sets to fetch (default: [`OmniglotSet::STANDARD`]).
     pub sets: Vec<OmniglotSet>,
@@ -141,7 +128,7 @@ impl Default for FetchOptions {
     fn default() -> Self {
         FetchOptions {
             dest: PathBuf::from(DEFAULT_DEST),
-            source: Source::from_env(),
+            source: Source::Official,
             sets: OmniglotSet::STANDARD.to_vec(),
             force: false,
             progress: true,
@@ -521,6 +508,10 @@ mod tests {
             Source::resolve(Some("/m")),
             Source::Dir(PathBuf::from("/m"))
         );
+        // No mirror (or an empty one) is the official source, whatever the
+        // environment says: only the binaries read it.
+        assert_eq!(Source::resolve(None), Source::Official);
+        assert_eq!(Source::resolve(Some("")), Source::Official);
     }
 
     #[test]

@@ -112,27 +112,56 @@ pub(crate) struct Plan {
     pub fft: bool,
 }
 
-/// The environment variable that overrides the choice between im2col + gemm and
-/// the FFT for every convolution: `direct`, `fft` or `auto` (the default).
-pub const ALGO_ENV: &str = "SIAMESE_CONV_ALGO";
+/// How the CPU convolutions are computed: each by the algorithm its cost model picks
+/// (`Auto`, the default), or all by one of them (for measurements).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConvAlgo {
+    /// im2col + gemm, or the FFT where it was measured to pay.
+    #[default]
+    Auto,
+    /// im2col + gemm everywhere.
+    Direct,
+    /// The FFT wherever it applies (unpadded convolutions).
+    Fft,
+}
 
-/// The algorithm forced by [`ALGO_ENV`], read once.
-fn forced_algo() -> Option<bool> {
-    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    *FORCED.get_or_init(|| match std::env::var(ALGO_ENV).as_deref() {
-        Ok("direct") => Some(false),
-        Ok("fft") => Some(true),
-        Ok("auto") | Err(_) => None,
-        Ok(other) => {
-            tracing::warn!("{ALGO_ENV}={other:?} is not direct, fft or auto: using auto");
-            None
+impl std::str::FromStr for ConvAlgo {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(ConvAlgo::Auto),
+            "direct" => Ok(ConvAlgo::Direct),
+            "fft" => Ok(ConvAlgo::Fft),
+            other => Err(format!("{other:?} is not auto, direct or fft")),
         }
-    })
+    }
+}
+
+/// The process-wide [`ConvAlgo`] (0 auto, 1 direct, 2 fft).
+static ALGO: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets how every later CPU convolution of this process is computed.
+pub fn set_conv_algo(algo: ConvAlgo) {
+    let code = match algo {
+        ConvAlgo::Auto => 0,
+        ConvAlgo::Direct => 1,
+        ConvAlgo::Fft => 2,
+    };
+    ALGO.store(code, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The algorithm forced by [`set_conv_algo`]: `Some(true)` for the FFT.
+fn forced_algo() -> Option<bool> {
+    match ALGO.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
 }
 
 impl Plan {
     /// The plan for these sizes: the FFT where its cost model says it pays (or
-    /// [`ALGO_ENV`] says so), else im2col + gemm with blocks sized for the caches.
+    /// [`set_conv_algo`] says so), else im2col + gemm with blocks sized for the caches.
     pub fn new<T>(g: &ConvGeom) -> Self {
         let bytes = if g.k() < SMALL_K {
             COL_BYTES_SMALL_K

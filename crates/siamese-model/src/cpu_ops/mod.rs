@@ -16,7 +16,8 @@
 //! - for the layers where it pays (a cost model picks, per shape: conv2 of the Koch
 //!   network at 4 images and more), the same convolutions by FFT: per frequency bin
 //!   one gemm over the channels, 2.8× faster than im2col + gemm on conv2 forward and
-//!   backward (`SIAMESE_CONV_ALGO=direct|fft` forces either, for measurements);
+//!   backward ([`set_conv_algo`] forces either, for measurements; `siamese-cli`
+//!   reads it from `SIAMESE_CONV_ALGO=direct|fft`);
 //! - [`linear_sigmoid`]: the fully connected sigmoid layer with its weight gradient
 //!   computed in the weight's own layout.
 //!
@@ -40,6 +41,7 @@
 mod bn;
 pub use bn::ChannelStats;
 mod conv;
+pub use conv::{ConvAlgo, set_conv_algo};
 mod conv_bn;
 mod fft;
 mod linear;
