@@ -18,6 +18,7 @@ use siamese_model::candle_nn::Optimizer;
 use siamese_model::{
     Arch, BACKEND, ModelConfig, SiameseNet, bce_with_logits, device_kind, select_device,
 };
+use siamese_train::metrics::round3;
 use siamese_train::optim::{Adam, AdamConfig};
 
 #[derive(Debug, Args)]
@@ -128,10 +129,6 @@ fn threads(asked: Option<usize>) -> usize {
     asked.unwrap_or_else(|| {
         rayon::current_num_threads().min(siamese_model::candle_core::utils::get_num_threads())
     })
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// Peak resident memory of this process (`VmHWM`), where Linux reports it.

@@ -246,7 +246,9 @@ fn run_with<S: OneShotScorer>(
             .and_then(|idx| idx.load())
             .with_context(|| format!("loading the {part} part of the evaluation alphabets"))?;
         let trials = args.trials.unwrap_or_else(|| koch_trial_count(part));
-        let within = !args.any_alphabet;
+        // `--within-alphabet` is the default, said explicitly; clap keeps it and
+        // `--any-alphabet` apart.
+        let within = args.within_alphabet || !args.any_alphabet;
         let way = args.way.unwrap_or(20);
         let set = if args.shots == 1 && within {
             TrialSet::koch(&data, way, trials, args.seed)?
@@ -283,7 +285,7 @@ fn finish<S: OneShotScorer>(
 pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
     let given = model.unwrap_or(Path::new(DEFAULT_RUN));
     let path = if given.is_dir() {
-        given.join("best").join("model.safetensors")
+        siamese_train::RunDir::best_model_in(given)
     } else {
         given.to_path_buf()
     };
@@ -316,14 +318,8 @@ pub fn load_model(model: Option<&Path>, device: &str) -> Result<(SiameseNet, Pat
 fn print_report(r: &EvalReport, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        let mut value = serde_json::to_value(r)?;
-        if let Some(obj) = value.as_object_mut() {
-            // The per-trial records and the image table are for pictures, not for
-            // scripts reading the summary.
-            obj.remove("records");
-            obj.remove("images");
-        }
-        serde_json::to_writer(&mut out, &value)?;
+        // The summary: the report leaves its picture data out of its JSON.
+        serde_json::to_writer(&mut out, r)?;
         writeln!(out)?;
         return Ok(());
     }

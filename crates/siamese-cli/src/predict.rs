@@ -11,7 +11,7 @@ use siamese_data::sample::NegativeFrom;
 use siamese_data::tensor::images_to_tensor;
 use siamese_data::user_image::load_user_image_with;
 use siamese_data::{GrayImage, OmniglotSet, Part, SplitName};
-use siamese_eval::{EvalOptions, siamese_scorer, verify};
+use siamese_eval::{EvalOptions, siamese_scorer, sigmoid, verify};
 use siamese_model::{SiameseNet, Tensor};
 
 use crate::data_source::DataSourceArgs;
@@ -149,16 +149,12 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let example_features = embed(&net, &examples)?;
     let query_features = embed(&net, &queries)?;
 
-    // Every (query, example) pair through the head at once.
-    let (nq, ne) = (queries.len(), examples.len());
-    let q_idx: Vec<u32> = (0..nq as u32)
-        .flat_map(|q| std::iter::repeat_n(q, ne))
-        .collect();
-    let e_idx: Vec<u32> = (0..nq).flat_map(|_| 0..ne as u32).collect();
-    let device = net.device();
-    let left = query_features.index_select(&Tensor::new(q_idx.as_slice(), device)?, 0)?;
-    let right = example_features.index_select(&Tensor::new(e_idx.as_slice(), device)?, 0)?;
-    let logits: Vec<f32> = net.score(&left, &right)?.flatten_all()?.to_vec1()?;
+    // Every (query, example) pair through the head at once, row by query.
+    let ne = examples.len();
+    let logits: Vec<f32> = net
+        .score_all(&query_features, &example_features)?
+        .flatten_all()?
+        .to_vec1()?;
 
     let mut out = std::io::stdout().lock();
     for (q, path) in args.query.iter().enumerate() {
@@ -341,8 +337,4 @@ fn is_image(path: &Path) -> bool {
                 Some("png" | "jpg" | "jpeg" | "bmp" | "gif" | "tif" | "tiff" | "webp")
             )
         })
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }

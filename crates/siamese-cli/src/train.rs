@@ -45,6 +45,12 @@ pub struct TrainArgs {
     /// give only some fields.
     #[arg(long, value_name = "FILE", help_heading = "Run")]
     pub config: Option<PathBuf>,
+    /// Any setting by its path in the configuration (see --print-config), the value
+    /// as JSON or a plain string, e.g. `--set train.adam.lr=3e-4`, `--set
+    /// train.objective.episodes.way=30`; repeatable, applied after --config and
+    /// before the other flags.
+    #[arg(long = "set", value_name = "PATH=VALUE", help_heading = "Run")]
+    pub settings: Vec<String>,
     /// Continue the run in this folder from its last checkpoint.
     #[arg(long, value_name = "RUN_DIR", help_heading = "Run", conflicts_with_all = ["preset", "config", "name"])]
     pub resume: Option<PathBuf>,
@@ -232,93 +238,53 @@ fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
     s.parse()
 }
 
-/// Flags that may change when resuming (they change no step's result).
-const RESUMABLE: &[&str] = &[
-    "--epochs",
-    "--max-steps",
-    "--max-minutes",
-    "--no-time-limit",
-    "--patience",
-    "--validate-at-start",
-    "--device",
-    "--threads",
-    "--log-every",
-    "--eval-batch",
-];
-
 impl TrainArgs {
-    /// Applies the flags given to `c`; returns their names.
-    fn apply(&self, c: &mut TrainConfig) -> Result<Vec<&'static str>> {
-        let mut given = Vec::new();
+    /// Applies the flags given to `c` (a resume then compares the result with the
+    /// run's saved configuration: [`TrainConfig::fixed_changes`]).
+    fn apply(&self, c: &mut TrainConfig) -> Result<()> {
         macro_rules! set {
-            ($flag:literal, $opt:expr, $field:expr) => {
+            ($opt:expr, $field:expr) => {
                 if let Some(v) = $opt.clone() {
                     $field = v;
-                    given.push($flag);
                 }
             };
         }
         // Data.
-        set!("--split", self.split, c.data.split);
-        set!("--negatives", self.negatives, c.data.negatives);
-        set!("--pairs", self.pairs, c.data.pairs);
-        set!("--koch-pairs", self.koch_pairs, c.data.koch_base_pairs);
-        set!(
-            "--koch-copies",
-            self.koch_copies,
-            c.data.koch_distorted_copies
-        );
-        set!("--classes", self.classes, c.data.classes_per_batch);
-        set!(
-            "--images-per-class",
-            self.images_per_class,
-            c.data.images_per_class
-        );
+        set!(self.split, c.data.split);
+        set!(self.negatives, c.data.negatives);
+        set!(self.pairs, c.data.pairs);
+        set!(self.koch_pairs, c.data.koch_base_pairs);
+        set!(self.koch_copies, c.data.koch_distorted_copies);
+        set!(self.classes, c.data.classes_per_batch);
+        set!(self.images_per_class, c.data.images_per_class);
         if self.distort || self.no_distort {
             c.data.distort = self.distort;
-            given.push(if self.distort {
-                "--distort"
-            } else {
-                "--no-distort"
-            });
         }
-        set!(
-            "--validation-trials",
-            self.validation_trials,
-            c.data.validation_trials
-        );
-        set!(
-            "--validation-seed",
-            self.validation_seed,
-            c.data.validation_seed
-        );
+        set!(self.validation_trials, c.data.validation_trials);
+        set!(self.validation_seed, c.data.validation_seed);
         // Model.
         if let Some(arch) = self.arch {
             c.model = siamese_model::ModelConfig::new(arch);
-            given.push("--arch");
         }
-        set!("--input-size", self.input_size, c.model.input_size);
-        set!("--init", self.init, c.train.init);
+        set!(self.input_size, c.model.input_size);
+        set!(self.init, c.train.init);
         // Training.
-        set!("--objective", self.objective, c.train.objective);
-        set!("--optimizer", self.optimizer, c.train.optimizer);
+        set!(self.objective, c.train.objective);
+        set!(self.optimizer, c.train.optimizer);
         if let Some(lr) = self.lr {
             match c.train.optimizer {
                 OptimizerKind::Sgd => c.train.sgd.layers.values_mut().for_each(|h| h.lr = lr),
                 OptimizerKind::Adam | OptimizerKind::Adamw => c.train.adam.lr = lr,
             }
-            given.push("--lr");
         }
         if let Some(d) = self.lr_decay {
             match c.train.optimizer {
                 OptimizerKind::Sgd => c.train.sgd.lr_decay = d,
                 OptimizerKind::Adam | OptimizerKind::Adamw => c.train.adam.lr_decay = d,
             }
-            given.push("--lr-decay");
         }
         if let Some(m) = self.momentum {
             c.train.sgd.layers.values_mut().for_each(|h| h.momentum = m);
-            given.push("--momentum");
         }
         if let Some(l2) = self.l2 {
             c.train
@@ -326,7 +292,6 @@ impl TrainArgs {
                 .layers
                 .values_mut()
                 .for_each(|h| h.weight_decay = l2);
-            given.push("--l2");
         }
         for (flag, list) in [
             ("--layer-lr", &self.layer_lr),
@@ -353,68 +318,46 @@ impl TrainArgs {
                     _ => h.weight_decay = value,
                 }
             }
-            if !list.is_empty() {
-                given.push(flag);
-            }
+            if !list.is_empty() {}
         }
-        set!(
-            "--momentum-start",
-            self.momentum_start,
-            c.train.sgd.momentum_start
-        );
-        set!(
-            "--momentum-ramp-epochs",
-            self.momentum_ramp_epochs,
-            c.train.sgd.momentum_ramp_epochs
-        );
-        set!("--beta1", self.beta1, c.train.adam.beta1);
-        set!("--beta2", self.beta2, c.train.adam.beta2);
-        set!("--eps", self.eps, c.train.adam.eps);
-        set!(
-            "--weight-decay",
-            self.weight_decay,
-            c.train.adam.weight_decay
-        );
-        set!("--batch", self.batch, c.train.batch_pairs);
-        set!("--epochs", self.epochs, c.train.epochs);
+        set!(self.momentum_start, c.train.sgd.momentum_start);
+        set!(self.momentum_ramp_epochs, c.train.sgd.momentum_ramp_epochs);
+        set!(self.beta1, c.train.adam.beta1);
+        set!(self.beta2, c.train.adam.beta2);
+        set!(self.eps, c.train.adam.eps);
+        set!(self.weight_decay, c.train.adam.weight_decay);
+        set!(self.batch, c.train.batch_pairs);
+        set!(self.epochs, c.train.epochs);
         if let Some(n) = self.steps_per_epoch {
             c.train.steps_per_epoch = Some(n);
-            given.push("--steps-per-epoch");
         }
         if let Some(n) = self.max_steps {
             c.train.max_steps = Some(n);
-            given.push("--max-steps");
         }
         if let Some(m) = self.max_minutes {
             c.train.max_minutes = Some(m);
-            given.push("--max-minutes");
         }
         if self.no_time_limit {
             c.train.max_minutes = None;
-            given.push("--no-time-limit");
         }
         if let Some(n) = self.validate_every {
             c.train.validate_every = Some(n);
-            given.push("--validate-every");
         }
         if self.validate_at_start {
             c.train.validate_at_start = true;
-            given.push("--validate-at-start");
         }
-        set!("--patience", self.patience, c.train.patience);
+        set!(self.patience, c.train.patience);
         if let Some(n) = self.checkpoint_every {
             c.train.checkpoint_every = Some(n);
-            given.push("--checkpoint-every");
         }
-        set!("--log-every", self.log_every, c.train.log_every);
-        set!("--eval-batch", self.eval_batch, c.train.eval_batch);
-        set!("--seed", self.seed, c.train.seed);
+        set!(self.log_every, c.train.log_every);
+        set!(self.eval_batch, c.train.eval_batch);
+        set!(self.seed, c.train.seed);
         if let Some(n) = self.threads {
             c.train.threads = Some(n);
-            given.push("--threads");
         }
-        set!("--device", self.device, c.train.device);
-        Ok(given)
+        set!(self.device, c.train.device);
+        Ok(())
     }
 
     /// The configuration and the run folder of this invocation (the folder is not
@@ -422,19 +365,18 @@ impl TrainArgs {
     fn resolve(&self) -> Result<(TrainConfig, Option<RunDir>)> {
         if let Some(dir) = &self.resume {
             let run = RunDir::open(dir)?;
-            let mut config = TrainConfig::load_json(&run.config_path())?;
-            let given = self.apply(&mut config)?;
-            let fixed: Vec<&str> = given
-                .into_iter()
-                .filter(|f| !RESUMABLE.contains(f))
-                .collect();
+            let saved = TrainConfig::load_json(&run.config_path())?;
+            let mut config = saved.with_settings(&self.settings)?;
+            self.apply(&mut config)?;
+            let fixed = config.fixed_changes(&saved);
             if !fixed.is_empty() {
                 bail!(
-                    "--resume continues a run exactly with its saved configuration ({}); {} \
-                     cannot change then (only {} can). Start a new run instead.",
+                    "--resume continues a run exactly with its saved configuration ({}); the \
+                     flags change {}, which cannot change then (only {} can). Start a new run \
+                     instead.",
                     run.config_path().display(),
                     fixed.join(", "),
-                    RESUMABLE.join(", ")
+                    TrainConfig::RESUMABLE.join(", ")
                 );
             }
             config.validate()?;
@@ -456,6 +398,9 @@ impl TrainArgs {
             }
             None => TrainConfig::preset(preset),
         };
+        if !self.settings.is_empty() {
+            config = config.with_settings(&self.settings)?;
+        }
         self.apply(&mut config)?;
         config.validate().with_context(|| match &self.config {
             Some(path) => format!("the configuration from {} and the flags", path.display()),
@@ -506,7 +451,7 @@ pub fn run(args: &TrainArgs, progress: bool) -> Result<()> {
     let outcome = train(&run, &config, &data, &options)?;
 
     let mut out = std::io::stdout().lock();
-    let best_model = run.best_dir().join("model.safetensors");
+    let best_model = run.best_model();
     if args.json {
         let line = serde_json::json!({
             "run": run.path(),

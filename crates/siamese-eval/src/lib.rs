@@ -63,5 +63,6 @@ pub use sheet::{draw_sheet, pick_trials, save_sheet};
 pub use siamese::{siamese_scorer, siamese_scorer_shifted};
 pub use stats::{Z95, wilson_interval};
 pub use verify::{
-    ThresholdAccuracy, VerifyReport, accuracy_at, best_threshold, fit_platt, pair_logits, verify,
+    ThresholdAccuracy, VerifyReport, accuracy_at, best_threshold, fit_platt, pair_logits, sigmoid,
+    verify,
 };

@@ -144,7 +144,9 @@ pub struct Timing {
     pub score_seconds: f64,
 }
 
-/// The result of a method on a protocol.
+/// The result of a method on a protocol. It serialises as the summary (what a
+/// script reads); the per-trial picture data ([`EvalReport::images`],
+/// [`EvalReport::records`]) stays in memory for drawing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalReport {
     pub method: String,
@@ -173,9 +175,11 @@ pub struct EvalReport {
     pub mean_run_error_percent: Option<f64>,
     pub timing: Timing,
     /// The images the records' ids refer to.
+    #[serde(skip)]
     pub images: Vec<ImageRef>,
     /// One record per trial, in trial order (empty unless
     /// [`EvalOptions::keep_trials`]).
+    #[serde(skip)]
     pub records: Vec<TrialRecord>,
 }
 

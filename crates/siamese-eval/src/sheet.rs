@@ -99,27 +99,27 @@ pub fn save_sheet(
     path: &Path,
 ) -> Result<(), EvalError> {
     let sheet = draw_sheet(set, report, rows)?;
-    let io =
-        |e: std::io::Error| EvalError::Invalid(format!("cannot write {}: {e}", path.display()));
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| EvalError::Invalid(format!("{} is not a file name", path.display())))?;
-    // A temporary file beside the sheet, renamed over it once complete; removed when
-    // dropped, i.e. on any failure before.
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.", name.to_string_lossy()))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let failed = |e: &dyn std::fmt::Display| {
+        EvalError::Invalid(format!("cannot write {}: {e}", path.display()))
+    };
+    if path.file_name().is_none() {
+        return Err(EvalError::Invalid(format!(
+            "{} is not a file name",
+            path.display()
+        )));
+    }
+    let mut png = std::io::Cursor::new(Vec::new());
     sheet
-        .save_with_format(tmp.path(), image::ImageFormat::Png)
-        .map_err(|e| EvalError::Invalid(format!("cannot write {}: {e}", path.display())))?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| failed(&e))?;
+    // The atomic-write-file crate, like every file this workspace writes: the old
+    // sheet or the new one, never part of one.
+    let write = || -> std::io::Result<()> {
+        let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+        std::io::Write::write_all(&mut file, png.get_ref())?;
+        file.commit()
+    };
+    write().map_err(|e| failed(&e))?;
     Ok(())
 }
 

@@ -142,7 +142,8 @@ pub fn fit_platt(logits: &[f64], same: &[bool]) -> Result<(f64, f64), EvalError>
     Ok((a, b))
 }
 
-fn sigmoid(x: f64) -> f64 {
+/// The logistic function: the head's probability of "same character" for a logit.
+pub fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 

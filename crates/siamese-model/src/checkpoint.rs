@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::safetensors::Load;
 use candle_core::{DType, Device, Tensor, Var};
@@ -195,26 +195,16 @@ impl SiameseNet {
         provenance: &serde_json::Value,
     ) -> Result<(), ModelError> {
         let path = path.as_ref();
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| ModelError::Io {
+        if path.file_name().is_none() {
+            return Err(ModelError::Io {
                 action: "writing",
                 path: path.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"),
-            })?
-            .to_string_lossy()
-            .into_owned();
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir).map_err(io_err("creating the folder of", path))?;
-        // Removed when dropped, i.e. on any failure before the rename.
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(io_err("creating a temporary file beside", path))?;
+            });
+        }
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io_err("creating the folder of", path))?;
+        }
 
         let buffers = self.named_buffers()?;
         let tensors = self
@@ -238,24 +228,17 @@ impl SiameseNet {
             ),
             ("provenance".to_string(), provenance.to_string()),
         ]);
-
-        let tmp_path = tmp.path().to_path_buf();
-        safetensors::serialize_to_file(tensors, Some(metadata), &tmp_path).map_err(
-            |e| match e {
-                safetensors::SafeTensorError::IoError(source) => ModelError::Io {
-                    action: "writing",
-                    path: tmp_path.clone(),
-                    source,
-                },
-                other => corrupt(&tmp_path, other.to_string()),
-            },
-        )?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(io_err("flushing", &tmp_path))?;
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .map_err(io_err("renaming the temporary file to", path))?;
+        let bytes = safetensors::serialize(tensors, Some(metadata))
+            .map_err(|e| corrupt(path, e.to_string()))?;
+        // The atomic-write-file crate, like every file this workspace writes: a
+        // temporary file, flushed, renamed over `path` (the old file or the new one,
+        // never part of one).
+        let write = || -> std::io::Result<()> {
+            let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.commit()
+        };
+        write().map_err(io_err("writing", path))?;
         tracing::debug!("saved {} to {}", self.config(), path.display());
         Ok(())
     }

@@ -724,6 +724,92 @@ fn non_negative(x: f64) -> bool {
 
 /// Merges `overlay` into `base`: objects field by field (recursively), anything else
 /// replaced.
+impl TrainConfig {
+    /// `self` with `settings` applied, each `PATH=VALUE` (`train.adam.lr=3e-4`,
+    /// `train.objective.episodes.way=30`, `train.lr_schedule={"cosine": {...}}`): the
+    /// value is read as JSON, else taken as a string; it is merged over the
+    /// configuration like a file's table ([`TrainConfig::from_file_over`]), so one
+    /// key can switch an enum to another variant. The result is checked.
+    pub fn with_settings(&self, settings: &[String]) -> Result<Self, TrainError> {
+        let bad = |setting: &str, reason: String| {
+            TrainError::Config(format!("--set {setting}: {reason}"))
+        };
+        let mut value = serde_json::to_value(self).expect("config serialises");
+        for setting in settings {
+            let Some((path, raw)) = setting.split_once('=') else {
+                return Err(bad(
+                    setting,
+                    "expected PATH=VALUE, e.g. train.adam.lr=3e-4".into(),
+                ));
+            };
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                return Err(bad(setting, format!("{path:?} is not a dotted path")));
+            }
+            let leaf = serde_json::from_str(raw.trim())
+                .unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
+            let overlay = path.rsplit('.').fold(leaf, |inner, key| {
+                serde_json::Value::Object(serde_json::Map::from_iter([(key.to_string(), inner)]))
+            });
+            merge(&mut value, overlay);
+        }
+        let joined = settings.join(" ");
+        let config: TrainConfig = from_value(value).map_err(|e| bad(&joined, e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The settings (dotted paths into the configuration) that a resumed run may
+    /// change: they change no step's result, only how long the run goes on, where
+    /// it runs and what it logs.
+    pub const RESUMABLE: &'static [&'static str] = &[
+        "train.epochs",
+        "train.max_steps",
+        "train.max_minutes",
+        "train.patience",
+        "train.validate_at_start",
+        "train.checkpoint_every",
+        "train.log_every",
+        "train.eval_batch",
+        "train.threads",
+        "train.device",
+    ];
+
+    /// The settings in which `self` differs from `saved` (a run's own configuration)
+    /// that a resume may not change, as dotted paths (`train.adam.lr`); empty when
+    /// `self` may continue the run of `saved` exactly.
+    pub fn fixed_changes(&self, saved: &TrainConfig) -> Vec<String> {
+        let value = |c: &TrainConfig| serde_json::to_value(c).expect("config serialises");
+        let mut changed = Vec::new();
+        json_differences(&value(self), &value(saved), "", &mut changed);
+        changed.retain(|path| {
+            !Self::RESUMABLE
+                .iter()
+                .any(|r| path == r || path.starts_with(&format!("{r}.")))
+        });
+        changed
+    }
+}
+
+/// The dotted paths at which `a` and `b` differ: the deepest common object key, or
+/// the object itself when their keys differ (another variant of an enum).
+fn json_differences(a: &serde_json::Value, b: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) if x.len() == y.len() && x.keys().all(|k| y.contains_key(k)) => {
+            for (k, va) in x {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                json_differences(va, &y[k], &path, out);
+            }
+        }
+        _ if a != b => out.push(at.to_string()),
+        _ => {}
+    }
+}
+
 fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
     use serde_json::Value::Object;
     match (base, overlay) {
@@ -876,6 +962,57 @@ mod tests {
         assert_eq!(
             c.train.sgd.layers["conv1"],
             SgdSchedule::default().layers["conv1"]
+        );
+
+        // --set: any field by its path; JSON values; a variant switched by its key.
+        let set = |s: &[&str]| {
+            let s: Vec<String> = s.iter().map(|s| s.to_string()).collect();
+            TrainConfig::default_preset().with_settings(&s)
+        };
+        let c = set(&[
+            "train.adam.lr=3e-4",
+            "train.objective.episodes.way=30",
+            r#"train.lr_schedule={"cosine": {"steps": 100, "min_factor": 0.1, "warmup": 0}}"#,
+            "train.device=cpu",
+        ])
+        .unwrap();
+        assert_eq!(c.train.adam.lr, 3e-4);
+        assert!(matches!(c.train.objective, Objective::Episodes(e) if e.way == 30));
+        assert!(matches!(
+            c.train.lr_schedule,
+            LrSchedule::Cosine { steps: 100, .. }
+        ));
+        for wrong in [
+            "train.adam.lr",
+            "train.adam.nope=1",
+            "train.adam.lr=fast",
+            "=1",
+        ] {
+            let err = set(&[wrong]).unwrap_err().to_string();
+            assert!(err.contains("--set"), "{wrong}: {err}");
+        }
+        let err = set(&["train.objective.episodes.way=1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("way"), "{err}");
+
+        // A resume may change how long a run goes on, not what a step computes.
+        let saved = TrainConfig::default_preset();
+        let mut longer = saved.clone();
+        longer.train.max_minutes = Some(60.0);
+        longer.train.threads = Some(1);
+        assert!(longer.fixed_changes(&saved).is_empty());
+        let mut other = longer.clone();
+        other.train.adam.lr = 3e-4;
+        other.data.validation_trials = 9;
+        other.train.lr_schedule = LrSchedule::Constant;
+        assert_eq!(
+            other.fixed_changes(&saved),
+            [
+                "data.validation_trials",
+                "train.adam.lr",
+                "train.lr_schedule"
+            ]
         );
 
         // Another variant of an enum with fields replaces the preset's; the same

@@ -65,6 +65,11 @@ impl MetricLine {
     }
 }
 
+/// `x` rounded to 3 decimals, for the figures of metrics and reports.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// Reads every line of a metrics file (an absent file has none). A line that does not
 /// parse is an error naming the file and the line number.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricLine>, TrainError> {

@@ -10,10 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::metrics::MetricLine;
-use crate::run::replace_file;
+use crate::run::write_atomic;
+
+/// What the drawing functions draw on: an RGB buffer of [`SIZE`].
+type Canvas<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
 const FONT: &str = "sans-serif";
 
@@ -82,7 +86,7 @@ pub fn draw_plots(dir: &Path, lines: &[MetricLine]) -> Result<Vec<PathBuf>, Stri
         .collect();
     if !loss.is_empty() {
         let path = dir.join("loss.png");
-        atomic_png(&path, |tmp| draw_loss(tmp, &loss, text))?;
+        atomic_png(&path, |root| draw_loss(root, &loss, text))?;
         written.push(path);
     }
     let val: Vec<(f64, f64, f64, f64)> = lines
@@ -100,18 +104,32 @@ pub fn draw_plots(dir: &Path, lines: &[MetricLine]) -> Result<Vec<PathBuf>, Stri
         .collect();
     if !val.is_empty() {
         let path = dir.join("validation.png");
-        atomic_png(&path, |tmp| draw_validation(tmp, &val, text))?;
+        atomic_png(&path, |root| draw_validation(root, &val, text))?;
         written.push(path);
     }
     Ok(written)
 }
 
-/// Draws a PNG into place atomically (see [`replace_file`]).
+/// Draws into an RGB buffer, encodes it as PNG and writes it into place atomically
+/// (see [`write_atomic`]).
 fn atomic_png(
     path: &Path,
-    draw: impl FnOnce(&Path) -> Result<(), Box<dyn std::error::Error>>,
+    draw: impl FnOnce(&Canvas<'_>) -> Result<(), Box<dyn std::error::Error>>,
 ) -> Result<(), String> {
-    replace_file(path, draw).map_err(|e| format!("drawing {}: {e}", path.display()))
+    let failed = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
+    let (w, h) = SIZE;
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+        draw(&root).map_err(|e| failed(&e))?;
+        root.present().map_err(|e| failed(&e))?;
+    }
+    let image = image::RgbImage::from_raw(w, h, rgb).ok_or_else(|| failed(&"buffer size"))?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| failed(&e))?;
+    write_atomic(path, png.get_ref()).map_err(|e| failed(&e))
 }
 
 const SIZE: (u32, u32) = (900, 540);
@@ -129,15 +147,14 @@ fn x_range(points: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
 }
 
 fn draw_loss(
-    path: &Path,
+    root: &Canvas<'_>,
     points: &[(f64, f64)],
     text: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let xs = x_range(points.iter().map(|p| p.0));
     let y_max = points.iter().map(|p| p.1).fold(0.0f64, f64::max).max(1e-3) * 1.05;
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(root);
     builder.margin(15);
     if text {
         builder
@@ -178,19 +195,17 @@ fn draw_loss(
         })
         .collect();
     chart.draw_series(LineSeries::new(smooth, BLUE.stroke_width(2)))?;
-    root.present()?;
     Ok(())
 }
 
 fn draw_validation(
-    path: &Path,
+    root: &Canvas<'_>,
     points: &[(f64, f64, f64, f64)],
     text: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let xs = x_range(points.iter().map(|p| p.0));
-    let mut builder = ChartBuilder::on(&root);
+    let mut builder = ChartBuilder::on(root);
     builder.margin(15);
     if text {
         builder
@@ -236,7 +251,6 @@ fn draw_validation(
             .iter()
             .map(|p| Circle::new((p.0, p.1), 3, RGBColor(220, 90, 0).filled())),
     )?;
-    root.present()?;
     Ok(())
 }
 
@@ -268,14 +282,13 @@ pub fn draw_curves(path: &Path, runs: &[(String, Vec<MetricLine>)]) -> Result<()
     if curves.is_empty() {
         return Err("no validation lines in the runs' metrics".into());
     }
-    atomic_png(path, |tmp| {
-        let root = BitMapBackend::new(tmp, SIZE).into_drawing_area();
+    atomic_png(path, |root| {
         root.fill(&WHITE)?;
         let all = curves.iter().flat_map(|(_, p)| p.iter());
         let xs = x_range(all.clone().map(|p| p.0));
         let y_min = all.map(|p| p.1).fold(1.0f64, f64::min);
         let y_lo = ((y_min * 10.0).floor() / 10.0).clamp(0.0, 0.9);
-        let mut builder = ChartBuilder::on(&root);
+        let mut builder = ChartBuilder::on(root);
         builder.margin(15);
         if text {
             builder
@@ -315,7 +328,6 @@ pub fn draw_curves(path: &Path, runs: &[(String, Vec<MetricLine>)]) -> Result<()
                 .label_font((FONT, 14))
                 .draw()?;
         }
-        root.present()?;
         Ok(())
     })
 }

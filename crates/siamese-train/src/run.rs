@@ -132,6 +132,16 @@ impl RunDir {
         self.path.join("best")
     }
 
+    /// The best checkpoint's network: what `eval` and the other commands load.
+    pub fn best_model(&self) -> PathBuf {
+        Self::best_model_in(&self.path)
+    }
+
+    /// [`RunDir::best_model`] of the run folder `dir` (which need not be checked).
+    pub fn best_model_in(dir: &Path) -> PathBuf {
+        dir.join("best").join(MODEL_FILE)
+    }
+
     /// Points `<runs root>/latest` at this run: a relative symlink made under a
     /// temporary name and renamed over the old one (atomic). Elsewhere than unix, a
     /// `latest` text file holding the run's name.
@@ -165,36 +175,21 @@ impl RunDir {
     }
 }
 
-/// Writes `bytes` to `path` atomically (see [`replace_file`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    replace_file(path, |tmp| std::fs::write(tmp, bytes)).map_err(TrainError::io("writing", path))
-}
+/// The network's file in a checkpoint folder (`last/`, `best/`).
+pub const MODEL_FILE: &str = "model.safetensors";
 
-/// Replaces `path` with what `write` writes to the path it is given: a temporary file
-/// in the same folder (hidden, with `path`'s extension, for writers that choose the
-/// format by it), flushed to disk and renamed over `path`. A reader sees the old file
-/// or the new one, never a partial one; on failure the temporary file is removed.
-pub fn replace_file<E: From<std::io::Error>>(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), E>,
-) -> Result<(), E> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-    let ext = path
-        .extension()
-        .map(|e| format!(".{}", e.to_string_lossy()))
-        .unwrap_or_default();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{stem}."))
-        .suffix(&ext)
-        .tempfile_in(dir)?;
-    write(tmp.path())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// Writes `bytes` to `path` atomically with the `atomic-write-file` crate (the one
+/// way every crate of the workspace writes a file): the bytes go to a temporary file
+/// in the same folder, are flushed to disk, and replace `path` by a rename, so a
+/// reader or a crash sees the old file or the new one, never part of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    use std::io::Write;
+    let write = || -> std::io::Result<()> {
+        let mut file = atomic_write_file::AtomicWriteFile::open(path)?;
+        file.write_all(bytes)?;
+        file.commit()
+    };
+    write().map_err(TrainError::io("writing", path))
 }
 
 /// `YYYY-MM-DDTHH-MM-SS` in UTC (a file-name-safe ISO 8601).
@@ -303,17 +298,15 @@ fn write_checkpoint_files(
     state: &TrainState,
     provenance: &serde_json::Value,
 ) -> Result<(), TrainError> {
-    net.save(tmp.join("model.safetensors"), provenance)?;
+    net.save(tmp.join(MODEL_FILE), provenance)?;
     let tensors: HashMap<String, Tensor> = optimizer
         .tensors
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<_, candle_core::Error>>()?;
-    let opt_path = tmp.join("optimizer.safetensors");
-    replace_file(&opt_path, |to| {
-        candle_core::safetensors::save(&tensors, to).map_err(std::io::Error::other)
-    })
-    .map_err(TrainError::io("writing", &opt_path))?;
+    let opt_bytes = safetensors::serialize(&tensors, None)
+        .map_err(|e| TrainError::Tensor(candle_core::Error::Msg(e.to_string())))?;
+    write_atomic(&tmp.join("optimizer.safetensors"), &opt_bytes)?;
     let json = serde_json::to_vec_pretty(state).expect("state serialises");
     write_atomic(&tmp.join("state.json"), &json)
 }
@@ -343,7 +336,7 @@ pub fn load_checkpoint(
     let state: TrainState =
         serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", state_path.display())))?;
     let (net, varmap, _) =
-        SiameseNet::load_trainable(dir.join("model.safetensors"), Some(expected), device)?;
+        SiameseNet::load_trainable(dir.join(MODEL_FILE), Some(expected), device)?;
     let opt_path = dir.join("optimizer.safetensors");
     let tensors = candle_core::safetensors::load(&opt_path, device)
         .map_err(|e| bad(format!("{}: {e}", opt_path.display())))?;

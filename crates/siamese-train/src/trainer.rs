@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::TrainError;
 use crate::config::{Objective, TrainConfig};
 use crate::data::{Batch, Prefetch, Sampler, TrainData};
-use crate::metrics::{MetricLine, MetricsLog};
+use crate::metrics::{MetricLine, MetricsLog, round3};
 use crate::objective::{all_pairs_loss, episode_loss, pair_loss};
 use crate::plot::draw_plots;
 use crate::run::{BestScore, RunDir, TrainState, load_checkpoint, save_checkpoint};
@@ -614,7 +614,7 @@ impl<'a> Trainer<'a> {
     /// validation alphabets (see [`crate::config::TrainingConfig::calibrate`]),
     /// written into it with the fitted values in its provenance.
     fn calibrate_best(&self) -> Result<(), TrainError> {
-        let path = self.run.best_dir().join("model.safetensors");
+        let path = self.run.best_model();
         let (net, info) = SiameseNet::load(&path, Some(&self.config.model), &self.device)?;
         let scorer = siamese_scorer(&net, "calibration");
         let options = EvalOptions {
@@ -721,10 +721,6 @@ fn params_finite(net: &SiameseNet) -> Result<bool, TrainError> {
         }
     }
     Ok(true)
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 #[cfg(test)]
