@@ -469,19 +469,8 @@ pub fn mnist_tasks(
             .iter()
             .position(|&d| d == query_digit)
             .expect("the query's digit is a candidate");
-        let mut query = 0;
-        let support = classes
-            .iter()
-            .map(|&d| {
-                let take = shots + usize::from(d == query_digit);
-                let mut chosen: Vec<usize> =
-                    by_digit[d].choose_multiple(rng, take).copied().collect();
-                if d == query_digit {
-                    query = chosen.pop().expect("took shots + 1");
-                }
-                chosen
-            })
-            .collect();
+        let images_of = |d: usize| by_digit[d].clone();
+        let (support, query) = crate::sample::draw_support(&classes, answer, shots, images_of, rng);
         tasks.push(OneShotTask {
             query,
             support,

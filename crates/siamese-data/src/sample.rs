@@ -298,20 +298,8 @@ pub fn sample_tasks(
         let pool = pools.choose(rng).expect("checked non-empty");
         let characters: Vec<usize> = pool.choose_multiple(rng, spec.way).copied().collect();
         let answer = rng.random_range(0..spec.way);
-        let mut query = 0;
-        let support = characters
-            .iter()
-            .enumerate()
-            .map(|(class, &c)| {
-                let images: Vec<usize> = index.images_of(c).collect();
-                let take = spec.shots + usize::from(class == answer);
-                let mut chosen: Vec<usize> = images.choose_multiple(rng, take).copied().collect();
-                if class == answer {
-                    query = chosen.pop().expect("took shots + 1");
-                }
-                chosen
-            })
-            .collect();
+        let images_of = |c: usize| index.images_of(c).collect::<Vec<usize>>();
+        let (support, query) = draw_support(&characters, answer, spec.shots, images_of, rng);
         tasks.push(OneShotTask {
             query,
             support,
@@ -320,6 +308,36 @@ pub fn sample_tasks(
         });
     }
     Ok(tasks)
+}
+
+/// The support of a task over `classes` whose true class is `classes[answer]`:
+/// `shots` distinct images of each class (drawn from `images_of(class)`, in class
+/// order), and one more of the answer's class, which is the query (so never one of
+/// its own supports). Returns the support and the query.
+pub(crate) fn draw_support<R: Rng + ?Sized>(
+    classes: &[usize],
+    answer: usize,
+    shots: usize,
+    images_of: impl Fn(usize) -> Vec<usize>,
+    rng: &mut R,
+) -> (Vec<Vec<usize>>, usize) {
+    let mut query = 0;
+    let support = classes
+        .iter()
+        .enumerate()
+        .map(|(i, &class)| {
+            let take = shots + usize::from(i == answer);
+            let mut chosen: Vec<usize> = images_of(class)
+                .choose_multiple(rng, take)
+                .copied()
+                .collect();
+            if i == answer {
+                query = chosen.pop().expect("took shots + 1");
+            }
+            chosen
+        })
+        .collect();
+    (support, query)
 }
 
 /// Koch et al.'s (and Lake et al.'s) within-alphabet construction: a run takes one
