@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use siamese_data::lake::load_runs;
 use siamese_data::mnist::{MNIST_DEFAULT_DIR, MNIST_DEFAULT_FIT, MNIST_SIDE, MnistSet};
 use siamese_data::sample::TaskSpec;
@@ -24,7 +24,7 @@ const MNIST_INK_THRESHOLD: u8 = 128;
 /// Where `eval` and `classify` look for a model when `--model` is not given.
 pub const DEFAULT_RUN: &str = "runs/latest";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// The trained network (needs a checkpoint).
     Siamese,
@@ -34,35 +34,26 @@ pub enum Method {
     PixelNn,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EvalPart {
-    Test,
-    #[value(alias = "validation")]
-    Val,
-}
+impl Method {
+    pub const ALL: [Method; 3] = [Method::Siamese, Method::Hausdorff, Method::PixelNn];
 
-/// How images are fitted to the input (`--fit`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FitArg {
-    /// Unchanged at the input's size, else placed like an Omniglot character.
-    Auto,
-    /// The whole image resized to the input by area (Koch: MNIST 28×28 → 35×35).
-    AsIs,
-    /// The ink cropped and centred with an Omniglot character's margin, then resized.
-    Character,
-    /// As `character` on Omniglot's 105×105 canvas, thinned to a skeleton, redrawn
-    /// with Omniglot's stroke width, and shrunk like an Omniglot image.
-    Strokes,
-}
-
-impl From<FitArg> for Fit {
-    fn from(f: FitArg) -> Fit {
-        match f {
-            FitArg::Auto => Fit::Auto,
-            FitArg::AsIs => Fit::AsIs,
-            FitArg::Character => Fit::Character,
-            FitArg::Strokes => Fit::Strokes,
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Siamese => "siamese",
+            Method::Hausdorff => "hausdorff",
+            Method::PixelNn => "pixel-nn",
         }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| format!("unknown method {s:?}: expected siamese, hausdorff or pixel-nn"))
     }
 }
 
@@ -71,7 +62,7 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub source: DataSourceArgs,
     /// Method to evaluate.
-    #[arg(long, value_enum, default_value = "siamese")]
+    #[arg(long, default_value = "siamese")]
     pub method: Method,
     /// Checkpoint file, or a run folder (uses its best checkpoint)
     /// [default: runs/latest].
@@ -86,9 +77,9 @@ pub struct EvalArgs {
     /// Number of trials [default: Koch's 400 on test, 320 on validation, 400 on MNIST].
     #[arg(long)]
     pub trials: Option<usize>,
-    /// Which held-out part of the evaluation alphabets.
-    #[arg(long, value_enum, default_value = "test")]
-    pub split: EvalPart,
+    /// Which held-out part of the evaluation alphabets: test or val.
+    #[arg(long, default_value = "test")]
+    pub split: Part,
     /// Candidates from the query's alphabet (Koch's and Lake's protocol; the default).
     #[arg(long, conflicts_with = "any_alphabet")]
     pub within_alphabet: bool,
@@ -115,8 +106,8 @@ pub struct EvalArgs {
     pub mnist_mirror: Option<String>,
     /// How MNIST digits are fitted to the input (the network's; 28×28 for the
     /// baselines) [default: strokes].
-    #[arg(long, value_enum, requires = "mnist")]
-    pub fit: Option<FitArg>,
+    #[arg(long, requires = "mnist")]
+    pub fit: Option<Fit>,
     /// Seed of the trial sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -204,7 +195,7 @@ fn run_with<S: OneShotScorer>(
                 dir.display()
             )
         })?;
-        let fit = args.fit.map_or(MNIST_DEFAULT_FIT, Fit::from);
+        let fit = args.fit.unwrap_or(MNIST_DEFAULT_FIT);
         let fitted = raw.map_images(|img| fit.apply(img, side));
         tracing::info!(
             "MNIST: {} digits from {}, fitted to {side}×{side} ({fit})",
@@ -234,10 +225,10 @@ fn run_with<S: OneShotScorer>(
         let set = TrialSet::lake(&runs)?.with_data_label(dir.display().to_string());
         finish(scorer, &set, &options, args)?
     } else {
-        let part = match args.split {
-            EvalPart::Test => Part::Test,
-            EvalPart::Val => Part::Validation,
-        };
+        let part = args.split;
+        if part == Part::Train {
+            bail!("--split: test or val (the train part is what a network learns from)");
+        }
         // Every named split holds out the same evaluation parts.
         let split = SplitName::Koch;
         args.source.ensure(&[OmniglotSet::Evaluation], progress)?;

@@ -9,13 +9,13 @@ use clap::Args;
 use serde::Serialize;
 use siamese_data::sample::NegativeFrom;
 use siamese_data::tensor::images_to_tensor;
-use siamese_data::user_image::load_user_image_with;
+use siamese_data::user_image::{Fit, load_user_image_with};
 use siamese_data::{GrayImage, OmniglotSet, Part, SplitName};
 use siamese_eval::{EvalOptions, siamese_scorer, sigmoid, verify};
 use siamese_model::{SiameseNet, Tensor};
 
 use crate::data_source::DataSourceArgs;
-use crate::eval::{FitArg, load_model};
+use crate::eval::load_model;
 
 /// Images per embedding batch.
 const EMBED_BATCH: usize = 128;
@@ -40,8 +40,8 @@ pub struct CompareArgs {
     pub model: ModelArgs,
     /// How the images are fitted to the network's input (auto: unchanged at its
     /// size, else placed like an Omniglot character).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub fit: FitArg,
+    #[arg(long, default_value = "auto")]
+    pub fit: Fit,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -65,8 +65,8 @@ pub struct ClassifyArgs {
     /// How the images are fitted to the network's input (auto: unchanged at its
     /// size, else placed like an Omniglot character; for MNIST digits, `strokes` is
     /// what `eval --mnist` does by default).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub fit: FitArg,
+    #[arg(long, default_value = "auto")]
+    pub fit: Fit,
     /// Print one JSON object per query, one per line.
     #[arg(long)]
     pub json: bool,
@@ -95,8 +95,8 @@ pub struct VerifyArgs {
 pub fn compare(args: &CompareArgs) -> Result<()> {
     let (net, _) = load_model(args.model.model.as_deref(), &args.model.device)?;
     let size = net.config().input_size;
-    let a = load_user_image_with(&args.a, size, args.fit.into())?;
-    let b = load_user_image_with(&args.b, size, args.fit.into())?;
+    let a = load_user_image_with(&args.a, size, args.fit)?;
+    let b = load_user_image_with(&args.b, size, args.fit)?;
     let device = net.device().clone();
     let logit: f32 = net
         .forward_pairs(
@@ -137,7 +137,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let (net, _) = load_model(args.model.model.as_deref(), &args.model.device)?;
     let size = net.config().input_size;
     let load = |p: &PathBuf| {
-        load_user_image_with(p, size, args.fit.into())
+        load_user_image_with(p, size, args.fit)
             .with_context(|| format!("--query/--support image {}", p.display()))
     };
     let examples: Vec<GrayImage> = classes

@@ -1,11 +1,11 @@
 //! `train`: trains the network into a run folder (`runs/<name>/`), or resumes one.
 //!
 //! The configuration is resolved as: `--preset` (default `default`), then `--config
-//! FILE` merged over it, then the flags below; the result is saved as the run's
-//! `config.json` (`--print-config` shows it and exits). `--resume runs/<name>` reads
-//! that file back and continues from the run's `last` checkpoint exactly; only the
-//! budget (`--epochs`, `--max-steps`, `--max-minutes`, `--patience`), `--device`,
-//! `--threads`, `--log-every` and `--eval-batch` may change then.
+//! FILE` merged over it, then `--set PATH=VALUE` for any setting, then the few common
+//! flags below; the result is saved as the run's `config.json` (`--print-config`
+//! shows it and exits). `--resume runs/<name>` reads that file back and continues
+//! from the run's `last` checkpoint exactly; only what changes no step's result may
+//! change then ([`TrainConfig::RESUMABLE`]: the budget, the device, threads, logging).
 //!
 //! Ctrl-C or SIGTERM stops after the current step (or validation) with a checkpoint;
 //! a second Ctrl-C quits at once.
@@ -18,12 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use siamese_data::SplitName;
-use siamese_data::sample::NegativeFrom;
 use siamese_model::Arch;
-use siamese_train::{
-    Objective, OptimizerKind, PairSource, Preset, RunDir, TrainConfig, TrainData, TrainOptions,
-    train,
-};
+use siamese_train::{Preset, RunDir, TrainConfig, TrainData, TrainOptions, train};
 
 use crate::data_source::DataSourceArgs;
 
@@ -36,9 +32,9 @@ pub struct TrainArgs {
     pub source: DataSourceArgs,
 
     // ---- run ----
-    /// Starting configuration: default (about 30 minutes on a 2-core CPU), small (the
-    /// default on the 35×35 koch35 tower: ~8× faster steps), paper (Koch et al.'s
-    /// setup) or reference (the PyTorch reference's).
+    /// Starting configuration: default (about 30 minutes on a 2-core CPU), long (the
+    /// default for about 2 hours), small (Koch's recipe on the 35×35 koch35 tower),
+    /// paper (Koch et al.'s setup) or reference (the PyTorch reference's).
     #[arg(long, value_name = "NAME", help_heading = "Run")]
     pub preset: Option<Preset>,
     /// A configuration file (JSON, or TOML by extension) merged over the preset; may
@@ -46,9 +42,10 @@ pub struct TrainArgs {
     #[arg(long, value_name = "FILE", help_heading = "Run")]
     pub config: Option<PathBuf>,
     /// Any setting by its path in the configuration (see --print-config), the value
-    /// as JSON or a plain string, e.g. `--set train.adam.lr=3e-4`, `--set
-    /// train.objective.episodes.way=30`; repeatable, applied after --config and
-    /// before the other flags.
+    /// as JSON or a plain string, e.g. `--set train.optimizer.adam.lr=3e-4`, `--set
+    /// train.objective.episodes.way=30`, `--set train.log_every=50`; a key of another
+    /// variant switches it (`--set train.optimizer.adamw.weight_decay=0.01`).
+    /// Repeatable, applied after --config and before the flags below.
     #[arg(long = "set", value_name = "PATH=VALUE", help_heading = "Run")]
     pub settings: Vec<String>,
     /// Continue the run in this folder from its last checkpoint.
@@ -75,24 +72,6 @@ pub struct TrainArgs {
     /// Split to train on: koch, koch-all-drawers, background-small1, background-small2.
     #[arg(long, help_heading = "Data")]
     pub split: Option<SplitName>,
-    /// Negatives from the same alphabet or any alphabet.
-    #[arg(long, value_name = "same-alphabet|any-alphabet", value_parser = parse_negatives, help_heading = "Data")]
-    pub negatives: Option<NegativeFrom>,
-    /// Pairs of the pairs objective: koch-set (Koch's fixed set) or online.
-    #[arg(long, value_name = "koch-set|online", value_parser = parse_pairs, help_heading = "Data")]
-    pub pairs: Option<PairSource>,
-    /// Base pairs of Koch's set.
-    #[arg(long, value_name = "N", help_heading = "Data")]
-    pub koch_pairs: Option<usize>,
-    /// Distorted copies per base pair of Koch's set.
-    #[arg(long, value_name = "N", help_heading = "Data")]
-    pub koch_copies: Option<usize>,
-    /// K: characters per batch of the all-pairs objective.
-    #[arg(long, value_name = "K", help_heading = "Data")]
-    pub classes: Option<usize>,
-    /// M: images per character in a batch of the all-pairs objective.
-    #[arg(long, value_name = "M", help_heading = "Data")]
-    pub images_per_class: Option<usize>,
     /// Apply Koch's distortions.
     #[arg(long, conflicts_with = "no_distort", help_heading = "Data")]
     pub distort: bool,
@@ -102,9 +81,6 @@ pub struct TrainArgs {
     /// Validation trials (Koch: 320).
     #[arg(long, value_name = "N", help_heading = "Data")]
     pub validation_trials: Option<usize>,
-    /// Seed of the validation trials.
-    #[arg(long, value_name = "SEED", help_heading = "Data")]
-    pub validation_seed: Option<u64>,
 
     // ---- model ----
     /// Network: koch (105×105), koch35 (35×35), conv4 (batch-normalised, 28×28) or
@@ -121,61 +97,21 @@ pub struct TrainArgs {
 
     // ---- training ----
     /// Objective: pairs (Koch's), all-pairs (every pair of a K×M batch) or episodes
-    /// (20-way one-shot episodes, 5 queries, 4 rotations; other shapes through
-    /// --config: `[train.objective.episodes]`).
-    #[arg(long, value_parser = parse_objective, help_heading = "Training")]
-    pub objective: Option<Objective>,
-    /// Optimizer: sgd (Koch's layer-wise schedule), adam or adamw.
-    #[arg(long, value_parser = parse_optimizer, help_heading = "Training")]
-    pub optimizer: Option<OptimizerKind>,
+    /// (N-way one-shot episodes), with its default batches unless the configuration
+    /// has it already (shapes through --set, e.g. `train.objective.episodes.way=30`).
+    #[arg(long, value_name = "NAME", help_heading = "Training")]
+    pub objective: Option<String>,
+    /// Optimizer: sgd (Koch's layer-wise schedule), adam or adamw, with its default
+    /// settings unless the configuration has it already (Adam and AdamW keep the
+    /// settings they share).
+    #[arg(long, value_name = "NAME", help_heading = "Training")]
+    pub optimizer: Option<String>,
     /// Learning rate: Adam's, or every layer's ηⱼ for SGD.
     #[arg(long, help_heading = "Training")]
     pub lr: Option<f64>,
-    /// Factor applied to the learning rate(s) each epoch (Koch: 0.99).
-    #[arg(long, value_name = "FACTOR", help_heading = "Training")]
-    pub lr_decay: Option<f64>,
-    /// SGD: every layer's final momentum μⱼ.
-    #[arg(long, help_heading = "Training")]
-    pub momentum: Option<f64>,
-    /// SGD: every layer's L2 weight λⱼ.
-    #[arg(long, value_name = "LAMBDA", help_heading = "Training")]
-    pub l2: Option<f64>,
-    /// SGD: one layer's learning rate, e.g. conv1=0.01 (repeatable; layers conv1..conv4, fc, head).
-    #[arg(long, value_name = "LAYER=LR", help_heading = "Training")]
-    pub layer_lr: Vec<String>,
-    /// SGD: one layer's final momentum, e.g. fc=0.95 (repeatable).
-    #[arg(long, value_name = "LAYER=MU", help_heading = "Training")]
-    pub layer_momentum: Vec<String>,
-    /// SGD: one layer's L2 weight, e.g. conv2=0.001 (repeatable).
-    #[arg(long, value_name = "LAYER=LAMBDA", help_heading = "Training")]
-    pub layer_l2: Vec<String>,
-    /// SGD: momentum of the first epoch (Koch: 0.5).
-    #[arg(long, help_heading = "Training")]
-    pub momentum_start: Option<f64>,
-    /// SGD: epochs for the momentum to rise linearly to μⱼ.
-    #[arg(long, value_name = "EPOCHS", help_heading = "Training")]
-    pub momentum_ramp_epochs: Option<u64>,
-    /// Adam/AdamW: β₁.
-    #[arg(long, help_heading = "Training")]
-    pub beta1: Option<f64>,
-    /// Adam/AdamW: β₂.
-    #[arg(long, help_heading = "Training")]
-    pub beta2: Option<f64>,
-    /// Adam/AdamW: ε.
-    #[arg(long, help_heading = "Training")]
-    pub eps: Option<f64>,
-    /// AdamW: decoupled weight decay.
-    #[arg(long, help_heading = "Training")]
-    pub weight_decay: Option<f64>,
-    /// Pairs per step of the pairs objective (Koch: 128).
-    #[arg(long, value_name = "PAIRS", help_heading = "Training")]
-    pub batch: Option<usize>,
     /// At most this many epochs.
     #[arg(long, help_heading = "Training")]
     pub epochs: Option<u64>,
-    /// Steps per epoch (for Koch's set: default one pass over it).
-    #[arg(long, value_name = "N", help_heading = "Training")]
-    pub steps_per_epoch: Option<u64>,
     /// Stop after this many steps in all.
     #[arg(long, value_name = "N", help_heading = "Training")]
     pub max_steps: Option<u64>,
@@ -194,15 +130,6 @@ pub struct TrainArgs {
     /// Stop after this many validations without a new best (0: never).
     #[arg(long, value_name = "N", help_heading = "Training")]
     pub patience: Option<u64>,
-    /// Also save the last checkpoint every N steps.
-    #[arg(long, value_name = "N", help_heading = "Training")]
-    pub checkpoint_every: Option<u64>,
-    /// A line of metrics.jsonl every N steps.
-    #[arg(long, value_name = "N", help_heading = "Training")]
-    pub log_every: Option<u64>,
-    /// Images per embedding batch of the validation.
-    #[arg(long, value_name = "N", help_heading = "Training")]
-    pub eval_batch: Option<usize>,
     /// Seed of the initialisation, samplers and distortions.
     #[arg(long, help_heading = "Training")]
     pub seed: Option<u64>,
@@ -214,149 +141,61 @@ pub struct TrainArgs {
     pub device: Option<String>,
 }
 
-fn parse_negatives(s: &str) -> Result<NegativeFrom, String> {
-    match s {
-        "same-alphabet" => Ok(NegativeFrom::SameAlphabet),
-        "any-alphabet" => Ok(NegativeFrom::AnyAlphabet),
-        _ => Err(format!("expected same-alphabet or any-alphabet, got {s:?}")),
-    }
-}
-
-fn parse_pairs(s: &str) -> Result<PairSource, String> {
-    match s {
-        "koch-set" => Ok(PairSource::KochSet),
-        "online" => Ok(PairSource::Online),
-        _ => Err(format!("expected koch-set or online, got {s:?}")),
-    }
-}
-
-fn parse_objective(s: &str) -> Result<Objective, String> {
-    s.parse()
-}
-
-fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
-    s.parse()
-}
-
 impl TrainArgs {
     /// Applies the flags given to `c` (a resume then compares the result with the
     /// run's saved configuration: [`TrainConfig::fixed_changes`]).
     fn apply(&self, c: &mut TrainConfig) -> Result<()> {
-        macro_rules! set {
-            ($opt:expr, $field:expr) => {
-                if let Some(v) = $opt.clone() {
-                    $field = v;
-                }
-            };
+        fn set<T: Clone>(flag: &Option<T>, field: &mut T) {
+            if let Some(v) = flag {
+                *field = v.clone();
+            }
+        }
+        fn set_some<T: Clone>(flag: &Option<T>, field: &mut Option<T>) {
+            if flag.is_some() {
+                *field = flag.clone();
+            }
         }
         // Data.
-        set!(self.split, c.data.split);
-        set!(self.negatives, c.data.negatives);
-        set!(self.pairs, c.data.pairs);
-        set!(self.koch_pairs, c.data.koch_base_pairs);
-        set!(self.koch_copies, c.data.koch_distorted_copies);
-        set!(self.classes, c.data.classes_per_batch);
-        set!(self.images_per_class, c.data.images_per_class);
+        set(&self.split, &mut c.data.split);
         if self.distort || self.no_distort {
             c.data.distort = self.distort;
         }
-        set!(self.validation_trials, c.data.validation_trials);
-        set!(self.validation_seed, c.data.validation_seed);
+        set(&self.validation_trials, &mut c.data.validation_trials);
         // Model.
         if let Some(arch) = self.arch {
             c.model = siamese_model::ModelConfig::new(arch);
         }
-        set!(self.input_size, c.model.input_size);
-        set!(self.init, c.train.init);
+        set(&self.input_size, &mut c.model.input_size);
+        set(&self.init, &mut c.train.init);
         // Training.
-        set!(self.objective, c.train.objective);
-        set!(self.optimizer, c.train.optimizer);
+        let t = &mut c.train;
+        if let Some(name) = &self.objective {
+            t.objective = t
+                .objective
+                .switched_to(name)
+                .map_err(|e| anyhow::anyhow!("--objective: {e}"))?;
+        }
+        if let Some(name) = &self.optimizer {
+            t.optimizer = t
+                .optimizer
+                .switched_to(name)
+                .map_err(|e| anyhow::anyhow!("--optimizer: {e}"))?;
+        }
         if let Some(lr) = self.lr {
-            match c.train.optimizer {
-                OptimizerKind::Sgd => c.train.sgd.layers.values_mut().for_each(|h| h.lr = lr),
-                OptimizerKind::Adam | OptimizerKind::Adamw => c.train.adam.lr = lr,
-            }
+            t.optimizer.set_lr(lr);
         }
-        if let Some(d) = self.lr_decay {
-            match c.train.optimizer {
-                OptimizerKind::Sgd => c.train.sgd.lr_decay = d,
-                OptimizerKind::Adam | OptimizerKind::Adamw => c.train.adam.lr_decay = d,
-            }
-        }
-        if let Some(m) = self.momentum {
-            c.train.sgd.layers.values_mut().for_each(|h| h.momentum = m);
-        }
-        if let Some(l2) = self.l2 {
-            c.train
-                .sgd
-                .layers
-                .values_mut()
-                .for_each(|h| h.weight_decay = l2);
-        }
-        for (flag, list) in [
-            ("--layer-lr", &self.layer_lr),
-            ("--layer-momentum", &self.layer_momentum),
-            ("--layer-l2", &self.layer_l2),
-        ] {
-            for item in list {
-                let (layer, value) = item
-                    .split_once('=')
-                    .with_context(|| format!("{flag} {item:?}: expected LAYER=VALUE"))?;
-                let value: f64 = value
-                    .parse()
-                    .with_context(|| format!("{flag} {item:?}: {value:?} is not a number"))?;
-                let Some(h) = c.train.sgd.layers.get_mut(layer) else {
-                    let known: Vec<&str> = c.train.sgd.layers.keys().map(String::as_str).collect();
-                    bail!(
-                        "{flag} {item:?}: unknown layer {layer:?} (known: {})",
-                        known.join(", ")
-                    );
-                };
-                match flag {
-                    "--layer-lr" => h.lr = value,
-                    "--layer-momentum" => h.momentum = value,
-                    _ => h.weight_decay = value,
-                }
-            }
-            if !list.is_empty() {}
-        }
-        set!(self.momentum_start, c.train.sgd.momentum_start);
-        set!(self.momentum_ramp_epochs, c.train.sgd.momentum_ramp_epochs);
-        set!(self.beta1, c.train.adam.beta1);
-        set!(self.beta2, c.train.adam.beta2);
-        set!(self.eps, c.train.adam.eps);
-        set!(self.weight_decay, c.train.adam.weight_decay);
-        set!(self.batch, c.train.batch_pairs);
-        set!(self.epochs, c.train.epochs);
-        if let Some(n) = self.steps_per_epoch {
-            c.train.steps_per_epoch = Some(n);
-        }
-        if let Some(n) = self.max_steps {
-            c.train.max_steps = Some(n);
-        }
-        if let Some(m) = self.max_minutes {
-            c.train.max_minutes = Some(m);
-        }
+        set(&self.epochs, &mut t.epochs);
+        set_some(&self.max_steps, &mut t.max_steps);
+        set_some(&self.max_minutes, &mut t.max_minutes);
         if self.no_time_limit {
-            c.train.max_minutes = None;
+            t.max_minutes = None;
         }
-        if let Some(n) = self.validate_every {
-            c.train.validate_every = Some(n);
-        }
-        if self.validate_at_start {
-            c.train.validate_at_start = true;
-        }
-        set!(self.patience, c.train.patience);
-        if let Some(n) = self.checkpoint_every {
-            c.train.checkpoint_every = Some(n);
-        }
-        set!(self.log_every, c.train.log_every);
-        set!(self.eval_batch, c.train.eval_batch);
-        set!(self.seed, c.train.seed);
-        if let Some(n) = self.threads {
-            c.train.threads = Some(n);
-        }
-        set!(self.device, c.train.device);
+        set_some(&self.validate_every, &mut t.validate_every);
+        t.validate_at_start |= self.validate_at_start;
+        set(&self.patience, &mut t.patience);
+        set(&self.seed, &mut t.seed);
+        set_some(&self.threads, &mut t.threads);
+        set(&self.device, &mut t.device);
         Ok(())
     }
 

@@ -51,8 +51,8 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::GrayImage;
 use crate::image::unpack_bits;
+use crate::{DataError, GrayImage};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -367,32 +367,38 @@ pub fn distort_into(
 /// row-major, ink = 1.0: `images.len() × height × width` values. The result depends
 /// only on the images, `distortion` and `seed`, never on the number of threads.
 ///
-/// # Panics
-/// If the images differ in size, `out` has the wrong length, or the distortion is
-/// invalid.
+/// An error, not a panic, if the images differ in size, `out` has the wrong length,
+/// or the distortion is invalid.
 pub fn distort_batch(
     images: &[&GrayImage],
     distortion: &KochDistortion,
     seed: u64,
     out: &mut [f32],
-) {
-    let Some(first) = images.first() else {
-        assert!(out.is_empty(), "output for an empty batch must be empty");
-        return;
-    };
-    let (w, h) = (first.width(), first.height());
+) -> Result<(), DataError> {
+    distortion
+        .validate()
+        .map_err(|e| DataError::Invalid(e.to_string()))?;
+    let (w, h) = images
+        .first()
+        .map_or((0, 0), |first| (first.width(), first.height()));
     let len = w * h;
-    assert!(
-        images.iter().all(|im| im.width() == w && im.height() == h),
-        "distort_batch: images differ in size"
-    );
-    assert_eq!(
-        out.len(),
-        images.len() * len,
-        "distort_batch: output length"
-    );
+    if let Some(im) = images.iter().find(|im| (im.width(), im.height()) != (w, h)) {
+        return Err(DataError::Invalid(format!(
+            "images of different sizes in one batch: {w}×{h} and {}×{}",
+            im.width(),
+            im.height()
+        )));
+    }
+    if out.len() != images.len() * len {
+        return Err(DataError::Invalid(format!(
+            "a batch of {} images of {w}×{h} needs {} output values, got {}",
+            images.len(),
+            images.len() * len,
+            out.len()
+        )));
+    }
     if len == 0 {
-        return;
+        return Ok(());
     }
     out.par_chunks_mut(len)
         .zip(images.par_iter())
@@ -402,6 +408,7 @@ pub fn distort_batch(
             let params = distortion.sample(&mut image_rng(seed, i as u64));
             warp_into(im, &params, o);
         });
+    Ok(())
 }
 
 /// Warps `src` by `params` into a new float image of the same size (ink = 1.0).
@@ -897,7 +904,8 @@ pub fn augment_images_per_s(
     let mut out = vec![0.0f32; batch.min(images.len()) * len];
     let batches: Vec<&[&GrayImage]> = images.chunks(batch).collect();
     let mut run = |b: &[&GrayImage], seed: u64| {
-        distort_batch(b, distortion, seed, &mut out[..b.len() * len]);
+        distort_batch(b, distortion, seed, &mut out[..b.len() * len])
+            .expect("same-sized images and a valid distortion");
     };
     run(batches[0], u64::MAX);
     let start = Instant::now();
@@ -1267,7 +1275,7 @@ mod tests {
         let imgs = glyphs(16, 105, 105, 2);
         let refs: Vec<&GrayImage> = imgs.iter().collect();
         let mut out = vec![1.0; 16 * 105 * 105];
-        distort_batch(&refs, &none, 99, &mut out);
+        distort_batch(&refs, &none, 99, &mut out).unwrap();
         for (img, o) in imgs.iter().zip(out.chunks_exact(105 * 105)) {
             assert_eq!(o, as_f32(img).as_slice());
             for (&o, &p) in o.iter().zip(img.pixels().iter()) {
@@ -1827,7 +1835,7 @@ mod tests {
         let len = 105 * 105;
         let run = |seed: u64| {
             let mut out = vec![0.0f32; refs.len() * len];
-            distort_batch(&refs, &k, seed, &mut out);
+            distort_batch(&refs, &k, seed, &mut out).unwrap();
             out
         };
         let a = run(42);
@@ -1850,7 +1858,7 @@ mod tests {
         let mut out = vec![0.0f32; 2 * len];
         let mut differ = 0;
         for seed in 0..20 {
-            distort_batch(&pair, &k, seed, &mut out);
+            distort_batch(&pair, &k, seed, &mut out).unwrap();
             let ps = sample_batch_params(&k, seed, 2);
             if ps[0] != ps[1] {
                 differ += 1;

@@ -1,6 +1,7 @@
 //! The data side of one-shot learning on Omniglot: fetching and verifying the data
 //! set, indexing and decoding it, Koch et al.'s affine distortions, the named splits,
-//! and seeded samplers of pairs, batches and N-way k-shot tasks.
+//! seeded samplers of pairs, batches and N-way k-shot tasks, and the batch of every
+//! training step ([`batch`]).
 //!
 //! This crate knows no network: it hands out images and labels, and turns batches
 //! into candle tensors of shape `(n, 1, height, width)`.
@@ -13,6 +14,7 @@
 
 pub mod archive;
 pub mod augment;
+pub mod batch;
 pub mod digest;
 mod error;
 #[cfg(feature = "fetch")]

@@ -188,37 +188,101 @@ pub struct ClassBatch {
     pub characters: Vec<usize>,
 }
 
+/// The characters K×M class batches are drawn from: those with at least `m` images,
+/// in one pool (any alphabet) or in one pool per alphabet that has `k` of them
+/// (same-alphabet batches: the hard negatives of the one-shot tasks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassPools {
+    k: usize,
+    m: usize,
+    negatives: NegativeFrom,
+    pools: Vec<Vec<usize>>,
+}
+
+impl ClassPools {
+    /// The pools of `index` for batches of `k` characters × `m` images; an error when
+    /// no batch can be drawn.
+    pub fn new(
+        index: &DatasetIndex,
+        k: usize,
+        m: usize,
+        negatives: NegativeFrom,
+    ) -> Result<Self, DataError> {
+        let root = index.root().display();
+        if k == 0 || m == 0 {
+            return Err(DataError::Invalid(format!(
+                "cannot draw {k} characters × {m} images from {root}: both must be at least 1"
+            )));
+        }
+        let eligible = |c: &usize| index.images_of(*c).len() >= m;
+        let pools: Vec<Vec<usize>> = match negatives {
+            NegativeFrom::AnyAlphabet => {
+                let all: Vec<usize> = (0..index.characters().len()).filter(eligible).collect();
+                if all.len() < k {
+                    return Err(DataError::Invalid(format!(
+                        "cannot draw {k} characters × {m} images: {} characters of {root} \
+                         have {m} images",
+                        all.len()
+                    )));
+                }
+                vec![all]
+            }
+            NegativeFrom::SameAlphabet => {
+                let pools: Vec<Vec<usize>> = index
+                    .alphabets()
+                    .iter()
+                    .map(|a| a.characters.clone().filter(eligible).collect::<Vec<_>>())
+                    .filter(|chars| chars.len() >= k)
+                    .collect();
+                if pools.is_empty() {
+                    return Err(DataError::Invalid(format!(
+                        "no alphabet of {root} has {k} characters with {m} images each \
+                         (a same-alphabet batch of {k} characters × {m} images)"
+                    )));
+                }
+                pools
+            }
+        };
+        Ok(ClassPools {
+            k,
+            m,
+            negatives,
+            pools,
+        })
+    }
+
+    /// Draws `k` distinct characters of one pool (for same-alphabet batches, the
+    /// alphabet uniformly first) and `m` distinct images of each.
+    pub fn draw(&self, index: &DatasetIndex, rng: &mut impl Rng) -> ClassBatch {
+        let pool = match self.negatives {
+            NegativeFrom::SameAlphabet => self.pools.choose(rng).expect("checked non-empty"),
+            NegativeFrom::AnyAlphabet => &self.pools[0],
+        };
+        let characters: Vec<usize> = pool.choose_multiple(rng, self.k).copied().collect();
+        let mut images = Vec::with_capacity(self.k * self.m);
+        let mut labels = Vec::with_capacity(self.k * self.m);
+        for (label, &c) in characters.iter().enumerate() {
+            let range: Vec<usize> = index.images_of(c).collect();
+            images.extend(range.choose_multiple(rng, self.m).copied());
+            labels.extend(std::iter::repeat_n(label, self.m));
+        }
+        ClassBatch {
+            images,
+            labels,
+            characters,
+        }
+    }
+}
+
 /// Draws `k` distinct characters among those with at least `m` images, and `m`
-/// distinct images of each.
+/// distinct images of each ([`ClassPools`] over any alphabet).
 pub fn sample_class_batch(
     index: &DatasetIndex,
     k: usize,
     m: usize,
     rng: &mut impl Rng,
 ) -> Result<ClassBatch, DataError> {
-    let eligible: Vec<usize> = (0..index.characters().len())
-        .filter(|&c| index.images_of(c).len() >= m)
-        .collect();
-    if eligible.len() < k || m == 0 {
-        return Err(DataError::Invalid(format!(
-            "cannot draw {k} characters × {m} images: {} characters of {} have {m} images",
-            eligible.len(),
-            index.root().display()
-        )));
-    }
-    let characters: Vec<usize> = eligible.choose_multiple(rng, k).copied().collect();
-    let mut images = Vec::with_capacity(k * m);
-    let mut labels = Vec::with_capacity(k * m);
-    for (label, &c) in characters.iter().enumerate() {
-        let range: Vec<usize> = index.images_of(c).collect();
-        images.extend(range.choose_multiple(rng, m).copied());
-        labels.extend(std::iter::repeat_n(label, m));
-    }
-    Ok(ClassBatch {
-        images,
-        labels,
-        characters,
-    })
+    Ok(ClassPools::new(index, k, m, NegativeFrom::AnyAlphabet)?.draw(index, rng))
 }
 
 /// The shape of an N-way k-shot task.
@@ -638,6 +702,24 @@ mod tests {
             assert_eq!(idx.images()[i].character, b.characters[l]);
         }
         assert!(sample_class_batch(&idx, 8, 21, &mut rng).is_err());
+        // Same-alphabet batches: every character of a batch from one alphabet, and
+        // every alphabet drawn.
+        let pools = ClassPools::new(&idx, 8, 4, NegativeFrom::SameAlphabet).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..60 {
+            let b = pools.draw(&idx, &mut rng);
+            let alphabet = |c: usize| idx.characters()[c].alphabet;
+            assert!(
+                b.characters
+                    .iter()
+                    .all(|&c| alphabet(c) == alphabet(b.characters[0]))
+            );
+            seen.insert(alphabet(b.characters[0]));
+        }
+        assert_eq!(seen.len(), 3);
+        let err = ClassPools::new(&idx, 26, 4, NegativeFrom::SameAlphabet).unwrap_err();
+        assert!(err.to_string().contains("no alphabet"), "{err}");
+        assert!(ClassPools::new(&idx, 0, 4, NegativeFrom::AnyAlphabet).is_err());
     }
 
     #[test]

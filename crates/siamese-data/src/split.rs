@@ -142,13 +142,38 @@ impl FromStr for SplitName {
     }
 }
 
-impl fmt::Display for Part {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Part {
+    pub const ALL: [Part; 3] = [Part::Train, Part::Validation, Part::Test];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
             Part::Train => "train",
             Part::Validation => "validation",
             Part::Test => "test",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Part {
+    type Err = DataError;
+
+    /// A part by its name; `val` is short for `validation`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = if s == "val" { "validation" } else { s };
+        Part::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "unknown part {s:?}: expected train, validation (or val) or test"
+                ))
+            })
     }
 }
 
@@ -163,6 +188,11 @@ mod tests {
         }
         let err = "kock".parse::<SplitName>().unwrap_err().to_string();
         assert!(err.contains("koch-all-drawers"), "{err}");
+        for p in Part::ALL {
+            assert_eq!(p.as_str().parse::<Part>().unwrap(), p);
+        }
+        assert_eq!("val".parse::<Part>().unwrap(), Part::Validation);
+        assert!("tset".parse::<Part>().is_err());
     }
 
     #[test]

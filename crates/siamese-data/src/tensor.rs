@@ -337,7 +337,7 @@ mod tests {
             .collect();
         let refs: Vec<&GrayImage> = turned_images.iter().collect();
         let mut batch = vec![0f32; 4 * 400];
-        crate::augment::distort_batch(&refs, &wide, 9, &mut batch);
+        crate::augment::distort_batch(&refs, &wide, 9, &mut batch).unwrap();
         assert_eq!(a.concat(), batch);
     }
 

@@ -88,6 +88,20 @@ impl std::fmt::Display for Fit {
     }
 }
 
+impl std::str::FromStr for Fit {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self, DataError> {
+        Fit::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Fit::ALL.iter().map(|f| f.name()).collect();
+            DataError::Invalid(format!(
+                "unknown fitting {s:?}: expected one of {}",
+                names.join(", ")
+            ))
+        })
+    }
+}
+
 /// Loads a user's image and prepares it as a `size × size` ink image ([`Fit::Auto`]).
 pub fn load_user_image(path: &Path, size: usize) -> Result<GrayImage, DataError> {
     load_user_image_with(path, size, Fit::Auto)

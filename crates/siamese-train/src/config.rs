@@ -11,11 +11,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use siamese_data::SplitName;
 use siamese_data::augment::KochDistortion;
-use siamese_data::sample::NegativeFrom;
+use siamese_data::batch::{BatchSpec, ClassBatchSpec, PairBatchSpec, PairSource};
+use siamese_data::sample::{EpisodeSpec, NegativeFrom};
 use siamese_model::{Arch, InitScheme, ModelConfig};
 
 use crate::TrainError;
-use crate::schedule::{AdamSettings, LrSchedule, OptimizerKind, SgdSchedule};
+use crate::schedule::{AdamSettings, LrSchedule, Optimizer, SgdSchedule};
 
 /// A whole run's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,40 +85,14 @@ impl std::str::FromStr for Preset {
     }
 }
 
-/// Where the pairs of the `pairs` objective come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PairSource {
-    /// Koch's fixed training set ([`siamese_data::sample::koch_pair_set`]): `base_pairs`
-    /// pairs with equal counts per alphabet, each plus `distorted_copies` distorted
-    /// copies; an epoch is one pass over it in a fresh random order.
-    KochSet,
-    /// Fresh balanced pairs every step ([`siamese_data::sample::sample_pairs`]), each
-    /// image distorted (when `distort`).
-    Online,
-}
-
 /// The data stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// The split whose train part is trained on (validation: its validation part).
     pub split: SplitName,
-    /// Negatives (different pairs) from the same alphabet or any alphabet. For K×M
-    /// batches, `same-alphabet` draws the K characters of a batch from one alphabet.
-    pub negatives: NegativeFrom,
-    /// Pairs of the `pairs` objective.
-    pub pairs: PairSource,
-    /// Base pairs of Koch's set (30k, 90k or 150k in the paper).
-    pub koch_base_pairs: usize,
-    /// Distorted copies of each base pair (8 in the paper).
-    pub koch_distorted_copies: usize,
-    /// K: characters per batch of the `all-pairs` objective.
-    pub classes_per_batch: usize,
-    /// M: images per character in a K×M batch.
-    pub images_per_class: usize,
-    /// Apply the distortions (online pairs, K×M batches, the distorted copies of
-    /// Koch's set).
+    /// Apply the distortions (online pairs, K×M batches, episodes, the distorted
+    /// copies of Koch's set).
     pub distort: bool,
     /// The distribution of the distortions (default: Koch's).
     pub distortion: KochDistortion,
@@ -128,18 +103,21 @@ pub struct DataConfig {
     pub validation_seed: u64,
 }
 
-/// The objective a step minimises.
+/// The objective a step minimises, with the shape of its batches.
 ///
-/// In configuration files `"pairs"`, `"all-pairs"`, or a table for the episodes:
-/// `{"episodes": {"way": 20, "queries": 5, ...}}`.
+/// In configuration files a one-key table: `{"pairs": {"batch_pairs": 128,
+/// "negatives": "same-alphabet", "source": "online"}}`, `{"all-pairs":
+/// {"classes_per_batch": 8, "images_per_class": 4, "negatives": "same-alphabet"}}`
+/// or `{"episodes": {"way": 20, "queries": 5, ...}}`; fields left out take their
+/// defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
     /// Koch's cross-entropy on a batch of sampled pairs (L2 via the optimizer).
-    Pairs,
+    Pairs(PairBatchSpec),
     /// Cross-entropy on every pair of a K×M batch, positives and negatives weighted
     /// to balance: each image is embedded once for its K·M − 1 pairs.
-    AllPairs,
+    AllPairs(ClassBatchSpec),
     /// N-way one-shot episodes scored by the head: softmax cross-entropy of each
     /// query's logits against the N supports (optionally plus the balanced binary
     /// cross-entropy on the same pairs).
@@ -147,27 +125,41 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// The name used on the command line.
+    pub const NAMES: [&'static str; 3] = ["pairs", "all-pairs", "episodes"];
+
+    /// The name used on the command line and as the configuration's key.
     pub fn name(&self) -> &'static str {
         match self {
-            Objective::Pairs => "pairs",
-            Objective::AllPairs => "all-pairs",
+            Objective::Pairs(_) => "pairs",
+            Objective::AllPairs(_) => "all-pairs",
             Objective::Episodes(_) => "episodes",
         }
     }
-}
 
-impl std::str::FromStr for Objective {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "pairs" => Ok(Objective::Pairs),
-            "all-pairs" => Ok(Objective::AllPairs),
-            "episodes" => Ok(Objective::Episodes(EpisodeObjective::default())),
-            _ => Err(format!(
-                "unknown objective {s:?}: expected pairs, all-pairs or episodes"
-            )),
+    /// The batches the objective is computed on.
+    pub fn batch_spec(&self) -> BatchSpec {
+        match *self {
+            Objective::Pairs(p) => BatchSpec::Pairs(p),
+            Objective::AllPairs(c) => BatchSpec::Classes(c),
+            Objective::Episodes(e) => BatchSpec::Episodes(e.spec()),
         }
+    }
+
+    /// This objective as the one named `name`: itself when it is that one already,
+    /// otherwise the named one with its default batches.
+    pub fn switched_to(&self, name: &str) -> Result<Objective, String> {
+        Ok(match name {
+            n if n == self.name() => *self,
+            "pairs" => Objective::Pairs(PairBatchSpec::default()),
+            "all-pairs" => Objective::AllPairs(ClassBatchSpec::default()),
+            "episodes" => Objective::Episodes(EpisodeObjective::default()),
+            _ => {
+                return Err(format!(
+                    "unknown objective {name:?}: expected {}",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        })
     }
 }
 
@@ -206,8 +198,8 @@ impl Default for EpisodeObjective {
 
 impl EpisodeObjective {
     /// The data crate's episode shape.
-    pub fn spec(&self) -> siamese_data::sample::EpisodeSpec {
-        siamese_data::sample::EpisodeSpec {
+    pub fn spec(&self) -> EpisodeSpec {
+        EpisodeSpec {
             way: self.way,
             queries: self.queries,
             rotations: self.rotations,
@@ -220,18 +212,14 @@ impl EpisodeObjective {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingConfig {
+    /// What a step minimises, on which batches.
     pub objective: Objective,
-    pub optimizer: OptimizerKind,
-    /// Koch's layer-wise SGD (used when `optimizer` is `sgd`).
-    pub sgd: SgdSchedule,
-    /// Adam / AdamW (used when `optimizer` is `adam` or `adamw`).
-    pub adam: AdamSettings,
-    /// Pairs per step of the `pairs` objective (Koch: 128).
-    pub batch_pairs: usize,
+    /// The optimizer with its settings.
+    pub optimizer: Optimizer,
     /// At most this many epochs (Koch: 200).
     pub epochs: u64,
-    /// Steps per epoch; `null`: one pass over Koch's set (required for online pairs
-    /// and K×M batches).
+    /// Steps per epoch; `null`: one pass over Koch's set (required for every other
+    /// batch source).
     pub steps_per_epoch: Option<u64>,
     /// Stop after this many steps in all (`null`: no limit but `epochs`).
     pub max_steps: Option<u64>,
@@ -319,11 +307,10 @@ impl TrainConfig {
             model: ModelConfig::new(Arch::CONV4),
             train: TrainingConfig {
                 objective: Objective::Episodes(EpisodeObjective::default()),
-                optimizer: OptimizerKind::Adam,
-                adam: AdamSettings {
+                optimizer: Optimizer::Adam(AdamSettings {
                     lr: 1e-3,
                     ..AdamSettings::default()
-                },
+                }),
                 lr_schedule: LrSchedule::Step {
                     every: 6000,
                     factor: 0.5,
@@ -371,12 +358,6 @@ impl TrainConfig {
             preset: Preset::Default,
             data: DataConfig {
                 split: SplitName::Koch,
-                negatives: NegativeFrom::SameAlphabet,
-                pairs: PairSource::Online,
-                koch_base_pairs: 150_000,
-                koch_distorted_copies: 8,
-                classes_per_batch: 8,
-                images_per_class: 4,
                 distort: true,
                 distortion: KochDistortion::PAPER,
                 validation_trials: 320,
@@ -384,14 +365,15 @@ impl TrainConfig {
             },
             model: ModelConfig::new(Arch::Koch),
             train: TrainingConfig {
-                objective: Objective::AllPairs,
-                optimizer: OptimizerKind::Adam,
-                sgd: SgdSchedule::default(),
-                adam: AdamSettings {
+                objective: Objective::AllPairs(ClassBatchSpec {
+                    classes_per_batch: 8,
+                    images_per_class: 4,
+                    negatives: NegativeFrom::SameAlphabet,
+                }),
+                optimizer: Optimizer::Adam(AdamSettings {
                     lr: 1e-4,
                     ..AdamSettings::default()
-                },
-                batch_pairs: 128,
+                }),
                 epochs: 200,
                 steps_per_epoch: Some(50),
                 max_steps: None,
@@ -439,19 +421,19 @@ impl TrainConfig {
             preset: Preset::Paper,
             data: DataConfig {
                 split: SplitName::Koch,
-                negatives: NegativeFrom::SameAlphabet,
-                pairs: PairSource::KochSet,
-                koch_base_pairs: 150_000,
-                koch_distorted_copies: 8,
                 ..d.data
             },
             model: ModelConfig::new(Arch::Koch),
             train: TrainingConfig {
-                objective: Objective::Pairs,
-                optimizer: OptimizerKind::Sgd,
-                sgd: SgdSchedule::default(),
-                adam: AdamSettings::default(),
-                batch_pairs: 128,
+                objective: Objective::Pairs(PairBatchSpec {
+                    batch_pairs: 128,
+                    negatives: NegativeFrom::SameAlphabet,
+                    source: PairSource::KochSet {
+                        base_pairs: 150_000,
+                        distorted_copies: 8,
+                    },
+                }),
+                optimizer: Optimizer::Sgd(SgdSchedule::default()),
                 epochs: 200,
                 steps_per_epoch: None,
                 max_steps: None,
@@ -477,18 +459,18 @@ impl TrainConfig {
             preset: Preset::Reference,
             data: DataConfig {
                 split: SplitName::KochAllDrawers,
-                negatives: NegativeFrom::AnyAlphabet,
-                pairs: PairSource::Online,
                 distort: true,
                 distortion: KochDistortion::rotation_only(-15.0, 15.0),
                 ..d.data
             },
             model: ModelConfig::new(Arch::Koch),
             train: TrainingConfig {
-                objective: Objective::Pairs,
-                optimizer: OptimizerKind::Adam,
-                adam: AdamSettings::default(),
-                batch_pairs: 128,
+                objective: Objective::Pairs(PairBatchSpec {
+                    batch_pairs: 128,
+                    negatives: NegativeFrom::AnyAlphabet,
+                    source: PairSource::Online,
+                }),
+                optimizer: Optimizer::Adam(AdamSettings::default()),
                 epochs: 50,
                 steps_per_epoch: Some(1000),
                 max_steps: None,
@@ -520,9 +502,11 @@ impl TrainConfig {
         } else {
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?
         };
+        let mut overlay = overlay;
         if !overlay.is_object() {
             return Err(bad("expected a table of settings at the top level".into()));
         }
+        upgrade_flat_layout(&mut overlay);
         // A file may name its preset; flags and the file then apply over it.
         let preset = match overlay.get("preset").and_then(|p| p.as_str()) {
             Some(name) => name.parse().map_err(bad)?,
@@ -543,8 +527,9 @@ impl TrainConfig {
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let value: serde_json::Value =
+        let mut value: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        upgrade_flat_layout(&mut value);
         from_value(value).map_err(bad)
     }
 
@@ -553,7 +538,8 @@ impl TrainConfig {
         serde_json::to_string_pretty(self).expect("config serialises")
     }
 
-    /// Checks that the values fit together; the message names the field.
+    /// Checks the values; the message names the field. (Combinations need no check:
+    /// each objective and optimizer carries its own settings.)
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
         let d = &self.data;
@@ -564,70 +550,70 @@ impl TrainConfig {
         if d.validation_trials == 0 {
             return bad("data.validation_trials must be at least 1".into());
         }
-        match t.objective {
-            Objective::Pairs => {
-                if t.batch_pairs == 0 {
-                    return bad("train.batch_pairs must be at least 1".into());
+        let at = format!("train.objective.{}", t.objective.name());
+        let uses_koch_set = match t.objective {
+            Objective::Pairs(p) => {
+                if p.batch_pairs == 0 {
+                    return bad(format!("{at}.batch_pairs must be at least 1"));
                 }
-                if d.pairs == PairSource::KochSet && d.koch_base_pairs == 0 {
-                    return bad("data.koch_base_pairs must be at least 1".into());
+                match p.source {
+                    PairSource::KochSet { base_pairs: 0, .. } => {
+                        return bad(format!(
+                            "{at}.source.koch-set.base_pairs must be at least 1"
+                        ));
+                    }
+                    PairSource::KochSet { .. } => true,
+                    PairSource::Online => false,
                 }
-                if d.pairs == PairSource::Online && t.steps_per_epoch.is_none() {
-                    return bad(
-                        "train.steps_per_epoch is required with online pairs (data.pairs = \"online\")"
-                            .into(),
-                    );
+            }
+            Objective::AllPairs(c) => {
+                if c.classes_per_batch < 2 || c.images_per_class < 2 {
+                    return bad(format!(
+                        "{at}: classes_per_batch and images_per_class must be at least 2 (got \
+                         {} × {})",
+                        c.classes_per_batch, c.images_per_class
+                    ));
                 }
+                false
             }
             Objective::Episodes(e) => {
                 if e.way < 2 || e.queries < 1 {
                     return bad(format!(
-                        "train.objective.episodes needs way ≥ 2 and queries ≥ 1 (got way {}, \
-                         queries {})",
+                        "{at} needs way ≥ 2 and queries ≥ 1 (got way {}, queries {})",
                         e.way, e.queries
                     ));
                 }
                 if !(1..=4).contains(&e.rotations) {
                     return bad(format!(
-                        "train.objective.episodes.rotations must be 1 to 4 (got {})",
+                        "{at}.rotations must be 1 to 4 (got {})",
                         e.rotations
                     ));
                 }
                 if !(0.0..=1.0).contains(&e.within_alphabet) {
                     return bad(format!(
-                        "train.objective.episodes.within_alphabet must be in [0, 1] (got {})",
+                        "{at}.within_alphabet must be in [0, 1] (got {})",
                         e.within_alphabet
                     ));
                 }
                 if !non_negative(e.bce_weight) {
-                    return bad("train.objective.episodes.bce_weight must be ≥ 0".into());
+                    return bad(format!("{at}.bce_weight must be ≥ 0"));
                 }
-                if t.steps_per_epoch.is_none() {
-                    return bad(
-                        "train.steps_per_epoch is required with the episodes objective".into(),
-                    );
-                }
+                false
             }
-            Objective::AllPairs => {
-                if d.classes_per_batch < 2 || d.images_per_class < 2 {
-                    return bad(format!(
-                        "the all-pairs objective needs data.classes_per_batch and \
-                         data.images_per_class of at least 2 (got {} × {})",
-                        d.classes_per_batch, d.images_per_class
-                    ));
-                }
-                if t.steps_per_epoch.is_none() {
-                    return bad(
-                        "train.steps_per_epoch is required with the all-pairs objective".into(),
-                    );
-                }
+        };
+        match t.steps_per_epoch {
+            None if !uses_koch_set => {
+                return bad(format!(
+                    "train.steps_per_epoch is required unless the pairs come from Koch's set \
+                     (the {} objective here)",
+                    t.objective.name()
+                ));
             }
+            Some(0) => return bad("train.steps_per_epoch must be at least 1".into()),
+            _ => {}
         }
         if let Err(e) = t.lr_schedule.validate() {
             return bad(e);
-        }
-        if t.steps_per_epoch == Some(0) {
-            return bad("train.steps_per_epoch must be at least 1".into());
         }
         if t.epochs == 0 {
             return bad("train.epochs must be at least 1".into());
@@ -644,49 +630,13 @@ impl TrainConfig {
         if t.threads == Some(0) {
             return bad("train.threads must be at least 1".into());
         }
-        match t.optimizer {
-            OptimizerKind::Sgd => {
-                let s = &t.sgd;
-                if !positive(s.lr_decay) || !(0.0..1.0).contains(&s.momentum_start) {
-                    return bad(
-                        "train.sgd: lr_decay must be positive and momentum_start in [0, 1)".into(),
-                    );
-                }
-                for (name, h) in &s.layers {
-                    if !non_negative(h.lr)
-                        || !(0.0..1.0).contains(&h.momentum)
-                        || !non_negative(h.weight_decay)
-                    {
-                        return bad(format!(
-                            "train.sgd.layers.{name}: lr and weight_decay must be finite and \
-                             non-negative, momentum in [0, 1) (got {h:?})"
-                        ));
-                    }
-                }
-                let specs = self.model.param_specs()?;
-                for spec in &specs {
-                    s.layer(&spec.name)?;
-                }
-            }
-            OptimizerKind::Adam | OptimizerKind::Adamw => {
-                let a = &t.adam;
-                if !positive(a.lr) || !positive(a.lr_decay) {
-                    return bad("train.adam.lr and train.adam.lr_decay must be positive".into());
-                }
-                if !(0.0..1.0).contains(&a.beta1) || !(0.0..1.0).contains(&a.beta2) {
-                    return bad("train.adam.beta1 and beta2 must be in [0, 1)".into());
-                }
-                if t.optimizer == OptimizerKind::Adam && a.weight_decay != 0.0 {
-                    return bad(
-                        "train.adam.weight_decay is AdamW's decoupled decay: use optimizer \"adamw\" \
-                         (or set it to 0)"
-                            .into(),
-                    );
-                }
-            }
-        }
-        self.model.param_specs()?;
-        Ok(())
+        let names: Vec<String> = self
+            .model
+            .param_specs()?
+            .into_iter()
+            .map(|spec| spec.name)
+            .collect();
+        t.optimizer.validate(&names)
     }
 }
 
@@ -701,7 +651,101 @@ fn koch_distortion_at(side: usize) -> KochDistortion {
     }
 }
 
-/// A configuration from JSON; an error names the field (`train.adam.lr: invalid
+/// Rewrites a configuration in the flat layout of earlier versions into the current
+/// one, in place; anything else is left as it is.
+///
+/// The flat layout named the optimizer (`"optimizer": "adam"`) beside `train.sgd` and
+/// `train.adam` tables, and kept the batch shapes of every objective side by side
+/// (`train.batch_pairs`; `data.negatives`, `data.pairs`, `data.koch_base_pairs`,
+/// `data.koch_distorted_copies`, `data.classes_per_batch`, `data.images_per_class`),
+/// with `"objective": "pairs"` or `"all-pairs"` a plain name. Now the optimizer and
+/// the objective each carry their own settings. A table is recognised as flat by its
+/// optimizer being a plain name; its other fields are moved under the chosen
+/// variant, and those of the variants not chosen are dropped.
+fn upgrade_flat_layout(config: &mut serde_json::Value) {
+    use serde_json::{Map, Value};
+    let Some(root) = config.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(mut train)) = root.remove("train") else {
+        return;
+    };
+    let Some(Value::String(optimizer)) = train.get("optimizer").cloned() else {
+        root.insert("train".into(), Value::Object(train));
+        return;
+    };
+    let mut data = match root.remove("data") {
+        Some(Value::Object(d)) => d,
+        _ => Map::new(),
+    };
+    let sgd = train.remove("sgd");
+    let mut adam = train.remove("adam");
+    let settings = match optimizer.as_str() {
+        "sgd" => sgd,
+        "adam" => {
+            // Plain Adam always had a zero decay (validation required it).
+            if let Some(Value::Object(a)) = adam.as_mut() {
+                a.remove("weight_decay");
+            }
+            adam
+        }
+        _ => adam,
+    };
+    let one_key = |key: &str, value: Value| Value::Object(Map::from_iter([(key.into(), value)]));
+    train.insert(
+        "optimizer".into(),
+        one_key(&optimizer, settings.unwrap_or(Value::Object(Map::new()))),
+    );
+
+    let batch_pairs = train.remove("batch_pairs");
+    let negatives = data.remove("negatives");
+    let pairs = data.remove("pairs");
+    let koch_set = Map::from_iter(
+        [
+            ("base_pairs", data.remove("koch_base_pairs")),
+            ("distorted_copies", data.remove("koch_distorted_copies")),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v?))),
+    );
+    let classes = data.remove("classes_per_batch");
+    let images = data.remove("images_per_class");
+    if let Some(Value::String(objective)) = train.get("objective").cloned() {
+        let mut fields = Map::new();
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                fields.insert(key.into(), v);
+            }
+        };
+        match objective.as_str() {
+            "pairs" => {
+                put("batch_pairs", batch_pairs);
+                put("negatives", negatives);
+                let source = match pairs {
+                    Some(Value::String(p)) if p == "koch-set" => {
+                        Some(one_key("koch-set", Value::Object(koch_set)))
+                    }
+                    other => other,
+                };
+                put("source", source);
+            }
+            "all-pairs" => {
+                put("classes_per_batch", classes);
+                put("images_per_class", images);
+                put("negatives", negatives);
+            }
+            _ => {}
+        }
+        train.insert(
+            "objective".into(),
+            one_key(&objective, Value::Object(fields)),
+        );
+    }
+    root.insert("data".into(), Value::Object(data));
+    root.insert("train".into(), Value::Object(train));
+}
+
+/// A configuration from JSON; an error names the field (`train.optimizer.adam.lr: invalid
 /// type...`).
 fn from_value(value: serde_json::Value) -> Result<TrainConfig, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -722,10 +766,8 @@ fn non_negative(x: f64) -> bool {
     x >= 0.0 && x.is_finite()
 }
 
-/// Merges `overlay` into `base`: objects field by field (recursively), anything else
-/// replaced.
 impl TrainConfig {
-    /// `self` with `settings` applied, each `PATH=VALUE` (`train.adam.lr=3e-4`,
+    /// `self` with `settings` applied, each `PATH=VALUE` (`train.optimizer.adam.lr=3e-4`,
     /// `train.objective.episodes.way=30`, `train.lr_schedule={"cosine": {...}}`): the
     /// value is read as JSON, else taken as a string; it is merged over the
     /// configuration like a file's table ([`TrainConfig::from_file_over`]), so one
@@ -739,7 +781,7 @@ impl TrainConfig {
             let Some((path, raw)) = setting.split_once('=') else {
                 return Err(bad(
                     setting,
-                    "expected PATH=VALUE, e.g. train.adam.lr=3e-4".into(),
+                    "expected PATH=VALUE, e.g. train.optimizer.adam.lr=3e-4".into(),
                 ));
             };
             if path.is_empty() || path.split('.').any(str::is_empty) {
@@ -775,7 +817,7 @@ impl TrainConfig {
     ];
 
     /// The settings in which `self` differs from `saved` (a run's own configuration)
-    /// that a resume may not change, as dotted paths (`train.adam.lr`); empty when
+    /// that a resume may not change, as dotted paths (`train.optimizer.adam.lr`); empty when
     /// `self` may continue the run of `saved` exactly.
     pub fn fixed_changes(&self, saved: &TrainConfig) -> Vec<String> {
         let value = |c: &TrainConfig| serde_json::to_value(c).expect("config serialises");
@@ -810,6 +852,8 @@ fn json_differences(a: &serde_json::Value, b: &serde_json::Value, at: &str, out:
     }
 }
 
+/// Merges `overlay` into `base`: objects field by field (recursively), anything else
+/// replaced.
 fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
     use serde_json::Value::Object;
     match (base, overlay) {
@@ -863,16 +907,40 @@ mod tests {
             )
         );
         let paper = TrainConfig::paper();
-        assert_eq!(paper.train.optimizer, OptimizerKind::Sgd);
-        assert_eq!(paper.data.koch_base_pairs, 150_000);
-        assert_eq!(paper.data.koch_distorted_copies, 8);
+        assert_eq!(
+            paper.train.optimizer,
+            Optimizer::Sgd(SgdSchedule::default())
+        );
+        assert_eq!(
+            paper.train.objective,
+            Objective::Pairs(PairBatchSpec {
+                batch_pairs: 128,
+                negatives: NegativeFrom::SameAlphabet,
+                source: PairSource::KochSet {
+                    base_pairs: 150_000,
+                    distorted_copies: 8
+                }
+            })
+        );
         assert_eq!(paper.data.split, SplitName::Koch);
-        assert_eq!(paper.train.batch_pairs, 128);
         assert_eq!((paper.train.epochs, paper.train.patience), (200, 20));
         let reference = TrainConfig::reference();
-        assert_eq!(reference.train.adam.lr, 6e-5);
+        assert_eq!(
+            reference.train.optimizer,
+            Optimizer::Adam(AdamSettings {
+                lr: 6e-5,
+                ..AdamSettings::default()
+            })
+        );
         assert_eq!(reference.data.split, SplitName::KochAllDrawers);
-        assert_eq!(reference.data.pairs, PairSource::Online);
+        assert!(matches!(
+            reference.train.objective,
+            Objective::Pairs(PairBatchSpec {
+                source: PairSource::Online,
+                negatives: NegativeFrom::AnyAlphabet,
+                ..
+            })
+        ));
         let default = TrainConfig::default();
         assert_eq!(
             default.train.objective,
@@ -880,7 +948,7 @@ mod tests {
         );
         assert_eq!(default.model, ModelConfig::new(Arch::CONV4));
         assert_eq!(default.model.input_size, 28);
-        assert_eq!(default.train.optimizer, OptimizerKind::Adam);
+        assert_eq!(default.train.optimizer.name(), "adam");
         assert!(default.train.calibrate && !default.data.distort);
         let long = TrainConfig::long();
         assert_eq!(long.train.max_minutes, Some(120.0));
@@ -889,9 +957,11 @@ mod tests {
             (default.model, default.data.clone())
         );
         // The earlier presets keep their recipe.
-        assert_eq!(paper.train.objective, Objective::Pairs);
         assert!(!paper.train.calibrate && paper.train.lr_schedule == LrSchedule::Constant);
-        assert_eq!(small.train.objective, Objective::AllPairs);
+        assert_eq!(
+            small.train.objective,
+            Objective::AllPairs(ClassBatchSpec::default())
+        );
         assert!(small.data.distort);
         assert_eq!(paper.train.init, InitScheme::Paper);
         // A configuration saved before `init` existed reads as the paper's scheme.
@@ -899,6 +969,36 @@ mod tests {
         old["train"].as_object_mut().unwrap().remove("init");
         let old: TrainConfig = serde_json::from_value(old).unwrap();
         assert_eq!(old.train.init, InitScheme::Paper);
+    }
+
+    #[test]
+    fn run_configurations_in_the_flat_layout_still_load() {
+        // Each preset's config.json as `train --print-config` wrote it before the
+        // objectives and optimizers carried their own settings.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for preset in Preset::ALL {
+            let path = dir.join(format!("legacy-{}.json", preset.name()));
+            let old = TrainConfig::load_json(&path).unwrap();
+            assert_eq!(old, TrainConfig::preset(preset), "{}", path.display());
+            // As a --config file too.
+            let over = TrainConfig::from_file_over(Preset::Default, &path).unwrap();
+            assert_eq!(over, TrainConfig::preset(preset), "{}", path.display());
+        }
+        // AdamW's decay moves with it; a current configuration is left alone.
+        let mut flat: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("legacy-default.json")).unwrap(),
+        )
+        .unwrap();
+        flat["train"]["optimizer"] = "adamw".into();
+        flat["train"]["adam"]["weight_decay"] = 0.05.into();
+        upgrade_flat_layout(&mut flat);
+        let c = from_value(flat.clone()).unwrap();
+        assert!(
+            matches!(c.train.optimizer, Optimizer::Adamw(w) if w.weight_decay == 0.05 && w.lr == 1e-3)
+        );
+        let before = flat.clone();
+        upgrade_flat_layout(&mut flat);
+        assert_eq!(flat, before);
     }
 
     #[test]
@@ -939,30 +1039,38 @@ mod tests {
         let json = dir.path().join("c.json");
         std::fs::write(
             &json,
-            r#"{"train": {"adam": {"lr": 0.001}, "seed": 7}, "data": {"images_per_class": 5}}"#,
+            r#"{"train": {"optimizer": {"adam": {"lr": 0.002}}, "seed": 7,
+                "objective": {"all-pairs": {"images_per_class": 5}}}}"#,
         )
         .unwrap();
         let c = TrainConfig::from_file_over(Preset::Default, &json).unwrap();
-        assert_eq!(c.train.adam.lr, 0.001);
-        assert_eq!(c.train.adam.beta1, 0.9);
+        let Optimizer::Adam(adam) = c.train.optimizer else {
+            panic!("{:?}", c.train.optimizer)
+        };
+        assert_eq!((adam.lr, adam.beta1), (0.002, 0.9));
         assert_eq!(c.train.seed, 7);
-        assert_eq!(c.data.images_per_class, 5);
-        assert_eq!(c.data.classes_per_batch, 8);
+        let Objective::AllPairs(classes) = c.train.objective else {
+            panic!("{:?}", c.train.objective)
+        };
+        assert_eq!(
+            (classes.classes_per_batch, classes.images_per_class),
+            (8, 5)
+        );
 
         let toml = dir.path().join("c.toml");
         std::fs::write(
             &toml,
-            "preset = \"paper\"\n[train]\nepochs = 3\n[train.sgd.layers.fc]\nlr = 0.01\nmomentum = 0.8\nweight_decay = 0.0\n",
+            "preset = \"paper\"\n[train]\nepochs = 3\n[train.optimizer.sgd.layers.fc]\nlr = 0.01\nmomentum = 0.8\nweight_decay = 0.0\n",
         )
         .unwrap();
         let c = TrainConfig::from_file_over(Preset::Default, &toml).unwrap();
         assert_eq!(c.preset, Preset::Paper);
         assert_eq!(c.train.epochs, 3);
-        assert_eq!(c.train.sgd.layers["fc"].lr, 0.01);
-        assert_eq!(
-            c.train.sgd.layers["conv1"],
-            SgdSchedule::default().layers["conv1"]
-        );
+        let Optimizer::Sgd(sgd) = &c.train.optimizer else {
+            panic!("{:?}", c.train.optimizer)
+        };
+        assert_eq!(sgd.layers["fc"].lr, 0.01);
+        assert_eq!(sgd.layers["conv1"], SgdSchedule::default().layers["conv1"]);
 
         // --set: any field by its path; JSON values; a variant switched by its key.
         let set = |s: &[&str]| {
@@ -970,22 +1078,28 @@ mod tests {
             TrainConfig::default_preset().with_settings(&s)
         };
         let c = set(&[
-            "train.adam.lr=3e-4",
+            "train.optimizer.adam.lr=3e-4",
             "train.objective.episodes.way=30",
             r#"train.lr_schedule={"cosine": {"steps": 100, "min_factor": 0.1, "warmup": 0}}"#,
             "train.device=cpu",
         ])
         .unwrap();
-        assert_eq!(c.train.adam.lr, 3e-4);
+        assert!(matches!(c.train.optimizer, Optimizer::Adam(a) if a.lr == 3e-4));
         assert!(matches!(c.train.objective, Objective::Episodes(e) if e.way == 30));
         assert!(matches!(
             c.train.lr_schedule,
             LrSchedule::Cosine { steps: 100, .. }
         ));
+        // A variant switched by its key takes its defaults for the fields not given.
+        let c = set(&["train.optimizer.adamw.weight_decay=0.1"]).unwrap();
+        assert!(
+            matches!(c.train.optimizer, Optimizer::Adamw(w) if w.weight_decay == 0.1 && w.lr == 6e-5)
+        );
         for wrong in [
-            "train.adam.lr",
-            "train.adam.nope=1",
-            "train.adam.lr=fast",
+            "train.optimizer.adam.lr",
+            "train.optimizer.adam.nope=1",
+            "train.optimizer.adam.lr=fast",
+            "train.optimizer.adam.weight_decay=0.1",
             "=1",
         ] {
             let err = set(&[wrong]).unwrap_err().to_string();
@@ -1003,15 +1117,15 @@ mod tests {
         longer.train.threads = Some(1);
         assert!(longer.fixed_changes(&saved).is_empty());
         let mut other = longer.clone();
-        other.train.adam.lr = 3e-4;
+        other.train.optimizer.set_lr(3e-4);
         other.data.validation_trials = 9;
         other.train.lr_schedule = LrSchedule::Constant;
         assert_eq!(
             other.fixed_changes(&saved),
             [
                 "data.validation_trials",
-                "train.adam.lr",
-                "train.lr_schedule"
+                "train.lr_schedule",
+                "train.optimizer.adam.lr"
             ]
         );
 
@@ -1070,8 +1184,8 @@ mod tests {
             ),
             (
                 "value.json",
-                r#"{"train": {"batch_pairs": 0, "objective": "pairs", "steps_per_epoch": 3}}"#,
-                "batch_pairs",
+                r#"{"train": {"objective": {"pairs": {"batch_pairs": 0}}, "steps_per_epoch": 3}}"#,
+                "train.objective.pairs.batch_pairs",
             ),
             ("enum.toml", "[train]\noptimizer = \"rmsprop\"\n", "rmsprop"),
             ("array.json", "[1, 2]", "top level"),
@@ -1095,20 +1209,37 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         let mut c = TrainConfig::default();
-        c.train.adam.weight_decay = 0.01;
-        assert!(c.validate().unwrap_err().to_string().contains("adamw"));
-        c.train.optimizer = OptimizerKind::Adamw;
+        c.train.optimizer = c.train.optimizer.switched_to("adamw").unwrap();
         c.validate().unwrap();
         let mut c = TrainConfig::paper();
-        c.train.sgd.layers.remove("conv2");
+        let Optimizer::Sgd(sgd) = &mut c.train.optimizer else {
+            panic!()
+        };
+        sgd.layers.remove("conv2");
         assert!(c.validate().unwrap_err().to_string().contains("conv2"));
         let mut c = TrainConfig::small();
-        c.data.images_per_class = 1;
+        c.train.objective = Objective::AllPairs(ClassBatchSpec {
+            images_per_class: 1,
+            ..ClassBatchSpec::default()
+        });
         assert!(
             c.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("images_per_class")
         );
+        // Only Koch's set may leave the epoch length to the set.
+        let mut c = TrainConfig::default();
+        c.train.steps_per_epoch = None;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("steps_per_epoch")
+        );
+        let mut c = TrainConfig::paper();
+        assert_eq!(c.train.steps_per_epoch, None);
+        c.train.objective = c.train.objective.switched_to("episodes").unwrap();
+        assert!(c.validate().is_err());
     }
 }

@@ -13,8 +13,9 @@
 //!   ([`schedule::RunOptimizer`] over [`optim`]);
 //! * [`objective`]: Koch's cross-entropy on pairs, the balanced all-pairs
 //!   objective, and the softmax cross-entropy of one-shot episodes;
-//! * [`data`]: the batch of each step, a function of the seed and the step number
-//!   only (so resuming needs only the step);
+//! * [`data`]: the data of a run and the sampler of its batches (the batches are
+//!   made in [`siamese_data::batch`], each a function of the seed and the step
+//!   number only, so resuming needs only the step);
 //! * [`train`]: the loop, validating by 20-way within-alphabet one-shot accuracy
 //!   (Koch's construction on the split's validation part), keeping the best
 //!   checkpoint, stopping early, on a time budget, on Ctrl-C ([`TrainOptions::stop`])
@@ -37,13 +38,12 @@ pub mod run;
 pub mod schedule;
 mod trainer;
 
-pub use config::{
-    DataConfig, EpisodeObjective, Objective, PairSource, Preset, TrainConfig, TrainingConfig,
-};
+pub use config::{DataConfig, EpisodeObjective, Objective, Preset, TrainConfig, TrainingConfig};
 pub use data::TrainData;
 pub use error::TrainError;
 pub use run::{BestScore, RunDir, TrainState};
-pub use schedule::{AdamSettings, LrSchedule, OptimizerKind, SgdSchedule};
+pub use schedule::{AdamSettings, AdamwSettings, LrSchedule, Optimizer, SgdSchedule};
+pub use siamese_data::batch::{ClassBatchSpec, PairBatchSpec, PairSource};
 pub use trainer::{
     EarlyStopping, StepObserver, StepReport, StopReason, TrainOptions, TrainOutcome, Verdict, train,
 };

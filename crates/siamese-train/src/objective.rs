@@ -7,9 +7,37 @@
 //! batch's statistics).
 
 use candle_core::{Device, Tensor};
+use siamese_data::batch::Batch;
 use siamese_model::{SiameseNet, bce_with_logits};
 
 use crate::TrainError;
+use crate::config::Objective;
+
+impl Objective {
+    /// The loss of one step's `batch` (made by this objective's sampler, so the
+    /// batch's kind says which loss): [`pair_loss`], [`all_pairs_loss`] or
+    /// [`episode_loss`] with this objective's BCE weight.
+    pub fn loss(&self, net: &SiameseNet, batch: &Batch) -> Result<Tensor, TrainError> {
+        match batch {
+            Batch::Pairs(p) => pair_loss(net, &p.left, &p.right, &p.targets),
+            Batch::Classes { images, labels } => all_pairs_loss(net, images, labels),
+            Batch::Episode {
+                images,
+                way,
+                queries,
+            } => episode_loss(net, images, *way, *queries, self.bce_weight()),
+        }
+    }
+
+    /// The weight of the balanced BCE term of episodes (0 for the other objectives,
+    /// which are BCE already).
+    pub fn bce_weight(&self) -> f64 {
+        match self {
+            Objective::Episodes(e) => e.bce_weight,
+            Objective::Pairs(_) | Objective::AllPairs(_) => 0.0,
+        }
+    }
+}
 
 /// Koch's objective: mean binary cross-entropy of the network's logits on the pairs
 /// `left[i]`, `right[i]` against `targets` (1 same, 0 different).

@@ -1,5 +1,6 @@
-//! Koch et al.'s schedule for layer-wise SGD, the Adam settings, and the optimizer a
-//! run trains with.
+//! Koch et al.'s schedule for layer-wise SGD, the Adam settings, the optimizer of a
+//! configuration ([`Optimizer`], each with its own settings) and the optimizer a run
+//! trains with ([`RunOptimizer`]).
 //!
 //! Koch et al. (2015, §4.1): "learning rates were decayed uniformly across the network
 //! by 1 percent per epoch, so that ηⱼ⁽ᵀ⁾ = 0.99 ηⱼ⁽ᵀ⁻¹⁾ [...] momentum starts at 0.5 in
@@ -12,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use candle_nn::Optimizer;
+use candle_nn::Optimizer as _;
 use serde::{Deserialize, Serialize};
 use siamese_model::SiameseNet;
 
@@ -140,13 +141,38 @@ impl SgdSchedule {
         let layer = layer_of(param_name);
         self.layers.get(layer).ok_or_else(|| {
             TrainError::Config(format!(
-                "train.sgd.layers has no entry for layer {layer:?} (of parameter {param_name})"
+                "train.optimizer.sgd.layers has no entry for layer {layer:?} (of parameter \
+                 {param_name})"
             ))
         })
     }
+
+    fn check(&self, at: &str) -> Result<(), String> {
+        if !(self.lr_decay > 0.0 && self.lr_decay.is_finite())
+            || !(0.0..1.0).contains(&self.momentum_start)
+        {
+            return Err(format!(
+                "{at}: lr_decay must be positive and momentum_start in [0, 1)"
+            ));
+        }
+        let non_negative = |x: f64| x >= 0.0 && x.is_finite();
+        for (name, h) in &self.layers {
+            if !non_negative(h.lr)
+                || !(0.0..1.0).contains(&h.momentum)
+                || !non_negative(h.weight_decay)
+            {
+                return Err(format!(
+                    "{at}.layers.{name}: lr and weight_decay must be finite and non-negative, \
+                     momentum in [0, 1) (got {h:?})"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Adam's settings in a run: [`AdamConfig`] plus a per-epoch learning-rate decay.
+/// Adam's settings in a run: [`AdamConfig`] without weight decay, plus a per-epoch
+/// learning-rate decay.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdamSettings {
@@ -154,9 +180,6 @@ pub struct AdamSettings {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
-    /// AdamW's decoupled weight decay (used by the `adamw` optimizer only; `adam`
-    /// requires 0).
-    pub weight_decay: f64,
     /// Factor applied to the learning rate each epoch (1 = constant).
     pub lr_decay: f64,
 }
@@ -170,9 +193,150 @@ impl Default for AdamSettings {
             beta1: c.beta1,
             beta2: c.beta2,
             eps: c.eps,
-            weight_decay: 0.0,
             lr_decay: 1.0,
         }
+    }
+}
+
+/// AdamW's settings: Adam's plus the decoupled weight decay.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamwSettings {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// `w ← w − lr × weight_decay × w` each step.
+    pub weight_decay: f64,
+    /// Factor applied to the learning rate each epoch (1 = constant).
+    pub lr_decay: f64,
+}
+
+impl Default for AdamwSettings {
+    /// [`AdamSettings::default`] with PyTorch's AdamW decay, 0.01.
+    fn default() -> Self {
+        AdamwSettings::from_adam(AdamSettings::default(), 0.01)
+    }
+}
+
+impl AdamwSettings {
+    pub fn from_adam(a: AdamSettings, weight_decay: f64) -> Self {
+        AdamwSettings {
+            lr: a.lr,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.eps,
+            weight_decay,
+            lr_decay: a.lr_decay,
+        }
+    }
+
+    /// The settings without the weight decay.
+    pub fn adam(&self) -> AdamSettings {
+        AdamSettings {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            lr_decay: self.lr_decay,
+        }
+    }
+}
+
+impl AdamSettings {
+    fn check(&self, at: &str) -> Result<(), String> {
+        let positive = |x: f64| x > 0.0 && x.is_finite();
+        if !positive(self.lr) || !positive(self.lr_decay) || !positive(self.eps) {
+            return Err(format!("{at}: lr, eps and lr_decay must be positive"));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err(format!("{at}: beta1 and beta2 must be in [0, 1)"));
+        }
+        Ok(())
+    }
+}
+
+/// The optimizer of a run with its settings.
+///
+/// In configuration files a one-key table: `{"adam": {"lr": 0.001}}`, `{"adamw":
+/// {"lr": 0.001, "weight_decay": 0.01}}` or `{"sgd": {...}}` (fields left out take
+/// their defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Koch's layer-wise SGD with momentum and L2 ([`SgdSchedule`]).
+    Sgd(SgdSchedule),
+    /// Adam, no weight decay.
+    Adam(AdamSettings),
+    /// AdamW (Adam with decoupled weight decay).
+    Adamw(AdamwSettings),
+}
+
+impl Optimizer {
+    pub const NAMES: [&'static str; 3] = ["sgd", "adam", "adamw"];
+
+    /// `sgd`, `adam` or `adamw`: the configuration's key, recorded in checkpoints.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd(_) => "sgd",
+            Optimizer::Adam(_) => "adam",
+            Optimizer::Adamw(_) => "adamw",
+        }
+    }
+
+    /// This optimizer as the one named `name`: itself when it is that one already;
+    /// Adam and AdamW keep their common settings (AdamW with PyTorch's decay, 0.01);
+    /// otherwise the named one's defaults.
+    pub fn switched_to(&self, name: &str) -> Result<Optimizer, String> {
+        Ok(match (self, name) {
+            (o, n) if o.name() == n => o.clone(),
+            (Optimizer::Adamw(w), "adam") => Optimizer::Adam(w.adam()),
+            (Optimizer::Adam(a), "adamw") => Optimizer::Adamw(AdamwSettings::from_adam(
+                *a,
+                AdamwSettings::default().weight_decay,
+            )),
+            (_, "sgd") => Optimizer::Sgd(SgdSchedule::default()),
+            (_, "adam") => Optimizer::Adam(AdamSettings::default()),
+            (_, "adamw") => Optimizer::Adamw(AdamwSettings::default()),
+            _ => {
+                return Err(format!(
+                    "unknown optimizer {name:?}: expected {}",
+                    Self::NAMES.join(", ")
+                ));
+            }
+        })
+    }
+
+    /// Sets the learning rate: Adam's, or every layer's ηⱼ for SGD.
+    pub fn set_lr(&mut self, lr: f64) {
+        match self {
+            Optimizer::Sgd(s) => s.layers.values_mut().for_each(|h| h.lr = lr),
+            Optimizer::Adam(a) => a.lr = lr,
+            Optimizer::Adamw(w) => w.lr = lr,
+        }
+    }
+
+    /// Checks the values (the layers of SGD against `param_names`); the message
+    /// names the field.
+    pub fn validate(&self, param_names: &[String]) -> Result<(), TrainError> {
+        let at = format!("train.optimizer.{}", self.name());
+        let check = match self {
+            Optimizer::Sgd(s) => {
+                for name in param_names {
+                    s.layer(name)?;
+                }
+                s.check(&at)
+            }
+            Optimizer::Adam(a) => a.check(&at),
+            Optimizer::Adamw(w) => w.adam().check(&at).and_then(|()| {
+                if w.weight_decay >= 0.0 && w.weight_decay.is_finite() {
+                    Ok(())
+                } else {
+                    Err(format!("{at}.weight_decay must be ≥ 0"))
+                }
+            }),
+        };
+        check.map_err(TrainError::Config)
     }
 }
 
@@ -261,42 +425,6 @@ impl LrSchedule {
     }
 }
 
-/// Which optimizer a run trains with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    /// Koch's layer-wise SGD with momentum and L2 ([`SgdSchedule`]).
-    Sgd,
-    /// Adam ([`AdamSettings`], no weight decay).
-    Adam,
-    /// AdamW (Adam with decoupled weight decay).
-    Adamw,
-}
-
-impl OptimizerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::Sgd => "sgd",
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::Adamw => "adamw",
-        }
-    }
-}
-
-impl std::str::FromStr for OptimizerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "sgd" => Ok(OptimizerKind::Sgd),
-            "adam" => Ok(OptimizerKind::Adam),
-            "adamw" => Ok(OptimizerKind::Adamw),
-            _ => Err(format!(
-                "unknown optimizer {s:?}: expected sgd, adam or adamw"
-            )),
-        }
-    }
-}
-
 /// The optimizer of a run, over the network's variables, with its schedule.
 #[derive(Debug)]
 pub enum RunOptimizer {
@@ -306,28 +434,26 @@ pub enum RunOptimizer {
         /// The final hyper-parameters of each variable, in the optimizer's order.
         last: Vec<SgdHyper>,
     },
-    /// Adam or AdamW (`kind`), which differ only in the decoupled weight decay.
+    /// Adam or AdamW (`name`), which differ only in the decoupled weight decay.
     Adam {
         opt: Adam,
-        kind: OptimizerKind,
+        name: &'static str,
         base_lr: f64,
         lr_decay: f64,
     },
 }
 
 impl RunOptimizer {
-    /// An optimizer over the parameters of `net`, which must be the `Var`s of
-    /// `varmap` (as [`SiameseNet::init`] and [`SiameseNet::load_trainable`] make them).
+    /// `optimizer` over the parameters of `net`, which must be the `Var`s of `varmap`
+    /// (as [`SiameseNet::init`] and [`SiameseNet::load_trainable`] make them).
     pub fn new(
-        kind: OptimizerKind,
-        sgd: &SgdSchedule,
-        adam: &AdamSettings,
+        optimizer: &Optimizer,
         net: &SiameseNet,
         varmap: &candle_nn::VarMap,
     ) -> Result<Self, TrainError> {
         let vars = named_vars(net, varmap)?;
-        match kind {
-            OptimizerKind::Sgd => {
+        let (adam, decay) = match optimizer {
+            Optimizer::Sgd(sgd) => {
                 let mut last = Vec::with_capacity(vars.len());
                 let mut params = Vec::with_capacity(vars.len());
                 for (name, var) in vars {
@@ -335,33 +461,28 @@ impl RunOptimizer {
                     last.push(h);
                     params.push((var, sgd.at(&h, 0)));
                 }
-                Ok(RunOptimizer::Sgd {
+                return Ok(RunOptimizer::Sgd {
                     opt: SgdMomentum::with_hypers(params)?,
                     schedule: sgd.clone(),
                     last,
-                })
+                });
             }
-            OptimizerKind::Adam | OptimizerKind::Adamw => {
-                let decay = if kind == OptimizerKind::Adamw {
-                    adam.weight_decay
-                } else {
-                    0.0
-                };
-                let config = AdamConfig {
-                    lr: adam.lr,
-                    beta1: adam.beta1,
-                    beta2: adam.beta2,
-                    eps: adam.eps,
-                    decoupled_weight_decay: decay,
-                };
-                Ok(RunOptimizer::Adam {
-                    opt: Adam::new(vars.into_iter().map(|(_, v)| v).collect(), config)?,
-                    kind,
-                    base_lr: adam.lr,
-                    lr_decay: adam.lr_decay,
-                })
-            }
-        }
+            Optimizer::Adam(a) => (*a, 0.0),
+            Optimizer::Adamw(w) => (w.adam(), w.weight_decay),
+        };
+        let config = AdamConfig {
+            lr: adam.lr,
+            beta1: adam.beta1,
+            beta2: adam.beta2,
+            eps: adam.eps,
+            decoupled_weight_decay: decay,
+        };
+        Ok(RunOptimizer::Adam {
+            opt: Adam::new(vars.into_iter().map(|(_, v)| v).collect(), config)?,
+            name: optimizer.name(),
+            base_lr: adam.lr,
+            lr_decay: adam.lr_decay,
+        })
     }
 
     /// Sets the hyper-parameters of `epoch` (learning-rate decay, momentum ramp).
@@ -423,18 +544,18 @@ impl RunOptimizer {
         }
     }
 
-    /// `sgd`, `adam` or `adamw` (the configuration's name, recorded in checkpoints).
-    pub fn kind_name(&self) -> &'static str {
+    /// `sgd`, `adam` or `adamw` ([`Optimizer::name`], recorded in checkpoints).
+    pub fn name(&self) -> &'static str {
         match self {
-            RunOptimizer::Sgd { .. } => OptimizerKind::Sgd.name(),
-            RunOptimizer::Adam { kind, .. } => kind.name(),
+            RunOptimizer::Sgd { .. } => "sgd",
+            RunOptimizer::Adam { name, .. } => name,
         }
     }
 
     /// Whether a checkpoint that records optimizer `saved` can resume into this one.
     /// Checkpoints written before AdamW had a name of its own record it as `adam`.
     pub fn resumes_from(&self, saved: &str) -> bool {
-        saved == self.kind_name() || (saved == "adam" && self.kind_name() == "adamw")
+        saved == self.name() || (saved == "adam" && self.name() == "adamw")
     }
 
     pub fn state(&self) -> Result<OptimizerState, TrainError> {
@@ -564,21 +685,59 @@ mod tests {
         let device = candle_core::Device::Cpu;
         let config = ModelConfig::new(siamese_model::Arch::Koch35);
         let (net, varmap) = SiameseNet::init(config, 0, &device).unwrap();
-        let (sgd, adam) = (SgdSchedule::default(), AdamSettings::default());
-        for kind in [
-            OptimizerKind::Sgd,
-            OptimizerKind::Adam,
-            OptimizerKind::Adamw,
-        ] {
-            let opt = RunOptimizer::new(kind, &sgd, &adam, &net, &varmap).unwrap();
-            assert_eq!(opt.kind_name(), kind.name());
-            assert!(opt.resumes_from(kind.name()));
+        let all = [
+            Optimizer::Sgd(SgdSchedule::default()),
+            Optimizer::Adam(AdamSettings::default()),
+            Optimizer::Adamw(AdamwSettings::default()),
+        ];
+        for optimizer in &all {
+            let opt = RunOptimizer::new(optimizer, &net, &varmap).unwrap();
+            assert_eq!(opt.name(), optimizer.name());
+            assert!(opt.resumes_from(optimizer.name()));
         }
-        let adamw = RunOptimizer::new(OptimizerKind::Adamw, &sgd, &adam, &net, &varmap).unwrap();
+        let adamw = RunOptimizer::new(&all[2], &net, &varmap).unwrap();
         // Checkpoints from before AdamW had its own name.
         assert!(adamw.resumes_from("adam"));
         assert!(!adamw.resumes_from("sgd"));
-        let plain = RunOptimizer::new(OptimizerKind::Adam, &sgd, &adam, &net, &varmap).unwrap();
+        let plain = RunOptimizer::new(&all[1], &net, &varmap).unwrap();
         assert!(!plain.resumes_from("adamw"));
+    }
+
+    #[test]
+    fn switching_optimizers_keeps_what_they_share() {
+        let adam = Optimizer::Adam(AdamSettings {
+            lr: 1e-3,
+            ..AdamSettings::default()
+        });
+        let Optimizer::Adamw(w) = adam.switched_to("adamw").unwrap() else {
+            panic!("not adamw")
+        };
+        assert_eq!((w.lr, w.weight_decay), (1e-3, 0.01));
+        assert_eq!(
+            Optimizer::Adamw(w).switched_to("adam").unwrap(),
+            adam.clone()
+        );
+        assert_eq!(adam.switched_to("adam").unwrap(), adam);
+        assert_eq!(
+            adam.switched_to("sgd").unwrap(),
+            Optimizer::Sgd(SgdSchedule::default())
+        );
+        assert!(adam.switched_to("rmsprop").unwrap_err().contains("rmsprop"));
+        let mut sgd = Optimizer::Sgd(SgdSchedule::default());
+        sgd.set_lr(0.05);
+        let Optimizer::Sgd(s) = &sgd else { panic!() };
+        assert!(s.layers.values().all(|h| h.lr == 0.05));
+        // A wrong value is named by its path.
+        let bad = Optimizer::Adamw(AdamwSettings {
+            weight_decay: -1.0,
+            ..AdamwSettings::default()
+        });
+        let err = bad.validate(&[]).unwrap_err().to_string();
+        assert!(err.contains("train.optimizer.adamw.weight_decay"), "{err}");
+        let err = sgd
+            .validate(&["tower.conv9.weight".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("conv9"), "{err}");
     }
 }

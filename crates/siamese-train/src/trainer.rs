@@ -17,11 +17,12 @@ use siamese_eval::{
 use siamese_model::{SiameseNet, select_device};
 use tracing::{info, warn};
 
+use siamese_data::batch::{Batch, BatchSampler, Prefetch};
+
 use crate::TrainError;
-use crate::config::{Objective, TrainConfig};
-use crate::data::{Batch, Prefetch, Sampler, TrainData};
+use crate::config::TrainConfig;
+use crate::data::{TrainData, batch_sampler};
 use crate::metrics::{MetricLine, MetricsLog, round3};
-use crate::objective::{all_pairs_loss, episode_loss, pair_loss};
 use crate::plot::draw_plots;
 use crate::run::{BestScore, RunDir, TrainState, load_checkpoint, save_checkpoint};
 use crate::schedule::RunOptimizer;
@@ -198,7 +199,7 @@ struct Trainer<'a> {
     net: SiameseNet,
     optimizer: RunOptimizer,
     /// Taken by [`Trainer::run`].
-    sampler: Option<Sampler>,
+    sampler: Option<BatchSampler>,
     state: TrainState,
     stopping: EarlyStopping,
     metrics: MetricsLog,
@@ -223,12 +224,16 @@ impl<'a> Trainer<'a> {
         let device = select_device(&t.device)?;
         data.check_size(config.model.input_size)?;
         crate::run::write_atomic(&run.config_path(), config.to_json().as_bytes())?;
-        let sampler = Sampler::new(config, &data.train)?;
-        let steps_per_epoch = match (t.steps_per_epoch, sampler.koch_set_len()) {
-            (Some(n), _) => n,
-            (None, Some(len)) => len.div_ceil(t.batch_pairs) as u64,
-            (None, None) => unreachable!("validate() requires steps_per_epoch"),
-        };
+        let sampler = batch_sampler(config, &data.train)?;
+        let steps_per_epoch = t
+            .steps_per_epoch
+            .or(sampler.steps_per_pass())
+            .ok_or_else(|| {
+                TrainError::Config(
+                    "train.steps_per_epoch is required unless the pairs come from Koch's set"
+                        .into(),
+                )
+            })?;
         let mut total_steps = t.epochs.saturating_mul(steps_per_epoch);
         if let Some(m) = t.max_steps {
             total_steps = total_steps.min(m);
@@ -237,15 +242,14 @@ impl<'a> Trainer<'a> {
         let (net, optimizer, state) = match run.checkpoint("last") {
             Some(dir) => {
                 let ckpt = load_checkpoint(&dir, &config.model, &device)?;
-                let mut optimizer =
-                    RunOptimizer::new(t.optimizer, &t.sgd, &t.adam, &ckpt.net, &ckpt.varmap)?;
+                let mut optimizer = RunOptimizer::new(&t.optimizer, &ckpt.net, &ckpt.varmap)?;
                 if !optimizer.resumes_from(&ckpt.state.optimizer) {
                     return Err(TrainError::Resume {
                         path: dir,
                         reason: format!(
                             "the checkpoint's optimizer is {}, the configuration's {}",
                             ckpt.state.optimizer,
-                            optimizer.kind_name()
+                            optimizer.name()
                         ),
                     });
                 }
@@ -267,14 +271,14 @@ impl<'a> Trainer<'a> {
                     t.init
                 );
                 let (net, varmap) = SiameseNet::init_with(config.model, t.init, t.seed, &device)?;
-                let optimizer = RunOptimizer::new(t.optimizer, &t.sgd, &t.adam, &net, &varmap)?;
+                let optimizer = RunOptimizer::new(&t.optimizer, &net, &varmap)?;
                 let state = TrainState {
                     step: 0,
                     epoch: 0,
                     best: None,
                     validations_since_best: 0,
                     train_seconds: 0.0,
-                    optimizer: optimizer.kind_name().into(),
+                    optimizer: optimizer.name().into(),
                     optimizer_step: 0,
                     optimizer_hypers: serde_json::Value::Null,
                     finished: None,
@@ -411,28 +415,7 @@ impl<'a> Trainer<'a> {
                 .set_position(epoch, t.lr_schedule.factor(step));
             let batch = batches.next(&self.data.train, step, &self.device)?;
             let n_pairs = batch.pair_count();
-            let loss = match (&batch, t.objective) {
-                (
-                    Batch::Pairs {
-                        left,
-                        right,
-                        targets,
-                    },
-                    Objective::Pairs,
-                ) => pair_loss(&self.net, left, right, targets)?,
-                (Batch::Classes { images, labels }, Objective::AllPairs) => {
-                    all_pairs_loss(&self.net, images, labels)?
-                }
-                (
-                    Batch::Episode {
-                        images,
-                        way,
-                        queries,
-                    },
-                    Objective::Episodes(e),
-                ) => episode_loss(&self.net, images, *way, *queries, e.bce_weight)?,
-                _ => unreachable!("the sampler makes the objective's batches"),
-            };
+            let loss = t.objective.loss(&self.net, &batch)?;
             let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
             if !value.is_finite() {
                 self.bar.abandon();
@@ -693,7 +676,7 @@ impl<'a> Trainer<'a> {
 /// Where the loop's batches come from.
 enum Batches {
     /// Made by the sampler before each step.
-    Direct(Box<Sampler>),
+    Direct(Box<BatchSampler>),
     /// Made ahead on a background thread.
     Ahead(Prefetch),
 }
@@ -705,10 +688,10 @@ impl Batches {
         step: u64,
         device: &Device,
     ) -> Result<Batch, TrainError> {
-        match self {
-            Batches::Direct(sampler) => sampler.batch(train, step, device),
-            Batches::Ahead(prefetch) => prefetch.next(step)?.to_device(device),
-        }
+        Ok(match self {
+            Batches::Direct(sampler) => sampler.batch(train, step, device)?,
+            Batches::Ahead(prefetch) => prefetch.next(step)?.to_device(device)?,
+        })
     }
 }
 
@@ -752,9 +735,10 @@ mod tests {
     /// before each step (and a run stopped early leaves no thread behind).
     #[test]
     fn prefetched_batches_train_identically() {
-        use crate::config::{PairSource, TrainConfig};
+        use crate::config::{Objective, TrainConfig};
         use crate::metrics::read_metrics;
         use siamese_data::augment::synthetic_glyph;
+        use siamese_data::batch::{PairBatchSpec, PairSource};
         use siamese_data::{Dataset, DatasetIndex, seeded_rng};
         use siamese_model::{Arch, ModelConfig};
 
@@ -776,12 +760,15 @@ mod tests {
             arch: Arch::Koch35,
             input_size: SIDE,
         };
-        c.train.objective = Objective::Pairs;
-        c.data.pairs = PairSource::KochSet;
-        c.data.koch_base_pairs = 8;
-        c.data.koch_distorted_copies = 2;
+        c.train.objective = Objective::Pairs(PairBatchSpec {
+            batch_pairs: 5,
+            negatives: NegativeFrom::SameAlphabet,
+            source: PairSource::KochSet {
+                base_pairs: 8,
+                distorted_copies: 2,
+            },
+        });
         c.data.validation_trials = 20;
-        c.train.batch_pairs = 5;
         c.train.steps_per_epoch = Some(3);
         c.train.max_steps = Some(5);
         c.train.max_minutes = None;

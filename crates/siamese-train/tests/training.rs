@@ -7,12 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use siamese_data::augment::synthetic_glyph;
+use siamese_data::sample::NegativeFrom;
 use siamese_data::{Dataset, DatasetIndex, seeded_rng};
 use siamese_model::{Arch, ModelConfig};
 use siamese_train::metrics::{MetricLine, read_metrics};
 use siamese_train::{
-    EpisodeObjective, LrSchedule, Objective, OptimizerKind, PairSource, RunDir, StepReport,
-    StopReason, TrainConfig, TrainData, TrainError, TrainOptions, TrainState, train,
+    AdamSettings, ClassBatchSpec, EpisodeObjective, LrSchedule, Objective, Optimizer,
+    PairBatchSpec, PairSource, RunDir, SgdSchedule, StepReport, StopReason, TrainConfig, TrainData,
+    TrainError, TrainOptions, TrainState, train,
 };
 
 const SIDE: usize = 24;
@@ -40,8 +42,11 @@ fn tiny_config() -> TrainConfig {
         arch: Arch::Koch35,
         input_size: SIDE,
     };
-    c.data.classes_per_batch = 3;
-    c.data.images_per_class = 2;
+    c.train.objective = Objective::AllPairs(ClassBatchSpec {
+        classes_per_batch: 3,
+        images_per_class: 2,
+        negatives: NegativeFrom::SameAlphabet,
+    });
     c.data.validation_trials = 20;
     c.train.steps_per_epoch = Some(2);
     c.train.max_steps = Some(6);
@@ -56,15 +61,20 @@ fn tiny_config() -> TrainConfig {
 /// straddle steps).
 fn tiny_paper_config() -> TrainConfig {
     let mut c = tiny_config();
-    c.train.objective = Objective::Pairs;
-    c.train.optimizer = OptimizerKind::Sgd;
-    c.data.pairs = PairSource::KochSet;
-    c.data.koch_base_pairs = 8;
-    c.data.koch_distorted_copies = 2;
-    c.train.batch_pairs = 5;
+    c.train.objective = Objective::Pairs(PairBatchSpec {
+        batch_pairs: 5,
+        negatives: NegativeFrom::SameAlphabet,
+        source: PairSource::KochSet {
+            base_pairs: 8,
+            distorted_copies: 2,
+        },
+    });
+    c.train.optimizer = Optimizer::Sgd(SgdSchedule {
+        momentum_ramp_epochs: 2,
+        lr_decay: 0.5,
+        ..SgdSchedule::default()
+    });
     c.train.steps_per_epoch = None;
-    c.train.sgd.momentum_ramp_epochs = 2;
-    c.train.sgd.lr_decay = 0.5;
     c.train.max_steps = Some(8);
     c
 }
@@ -87,7 +97,10 @@ fn tiny_episodes_config() -> TrainConfig {
         within_alphabet: 0.5,
         bce_weight: 0.5,
     });
-    c.train.adam.lr = 1e-3;
+    c.train.optimizer = Optimizer::Adam(AdamSettings {
+        lr: 1e-3,
+        ..AdamSettings::default()
+    });
     c.train.lr_schedule = LrSchedule::Step {
         every: 2,
         factor: 0.5,
@@ -263,7 +276,7 @@ fn a_run_folder_holds_everything() {
             MetricLine::Train {
                 lr, pairs_per_s, ..
             } => {
-                assert_eq!(*lr, config.train.adam.lr);
+                assert!(matches!(config.train.optimizer, Optimizer::Adam(a) if a.lr == *lr));
                 assert!(*pairs_per_s > 0.0);
             }
             MetricLine::Validation {
@@ -342,9 +355,7 @@ fn a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let root = tempfile::tempdir().unwrap();
     let mut config = tiny_paper_config();
     // An absurd learning rate: the first step is finite, the weights then explode.
-    for h in config.train.sgd.layers.values_mut() {
-        h.lr = 1e30;
-    }
+    config.train.optimizer.set_lr(1e30);
     config.train.checkpoint_every = Some(1);
     config.train.max_steps = Some(8);
     let run = RunDir::create(root.path(), Some("nan")).unwrap();
