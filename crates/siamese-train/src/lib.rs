@@ -38,7 +38,10 @@ pub mod run;
 pub mod schedule;
 mod trainer;
 
-pub use config::{DataConfig, EpisodeObjective, Objective, Preset, TrainConfig, TrainingConfig};
+pub use config::{
+    DEFAULT_INPUT_SIZE, DataConfig, EpisodeObjective, Objective, Preset, TrainConfig,
+    TrainingConfig,
+};
 pub use data::TrainData;
 pub use error::TrainError;
 pub use run::{BestScore, RunDir, TrainState};
