@@ -148,9 +148,8 @@ impl SgdSchedule {
     }
 
     fn check(&self, at: &str) -> Result<(), String> {
-        if !(self.lr_decay > 0.0 && self.lr_decay.is_finite())
-            || !(0.0..1.0).contains(&self.momentum_start)
-        {
+        let decay_ok = self.lr_decay > 0.0 && self.lr_decay.is_finite();
+        if !decay_ok || !(0.0..1.0).contains(&self.momentum_start) {
             return Err(format!(
                 "{at}: lr_decay must be positive and momentum_start in [0, 1)"
             ));
