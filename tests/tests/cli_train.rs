@@ -15,7 +15,29 @@ fn print_config_resolves_presets_and_flags() {
     assert_eq!(default["train"]["init"], "paper");
     let lecun = config(&["--init", "lecun", "--preset", "paper"]);
     assert_eq!(lecun["train"]["init"], "lecun");
-    assert_eq!(lecun["train"]["optimizer"], "sgd");
+    assert!(lecun["train"]["optimizer"]["sgd"]["layers"].is_object());
+    // The optimizer and objective flags switch variants; --set reaches any field.
+    let adamw = config(&[
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.002",
+        "--set",
+        "train.objective.episodes.way=30",
+        "--input-size",
+        "28",
+    ]);
+    assert_eq!(adamw["train"]["optimizer"]["adamw"]["lr"], 0.002);
+    assert_eq!(adamw["train"]["optimizer"]["adamw"]["weight_decay"], 0.01);
+    assert_eq!(adamw["train"]["objective"]["episodes"]["way"], 30);
+    assert_eq!(adamw["model"]["input_size"], 28);
+    assert_eq!(default["model"]["input_size"], 32);
+    let (ok, _, stderr) = run_cli(&["train", "--print-config", "--optimizer", "rmsprop"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--optimizer") && stderr.contains("adamw"),
+        "{stderr}"
+    );
 
     let (ok, _, stderr) = run_cli(&["train", "--print-config", "--init", "xavier"]);
     assert!(!ok);
