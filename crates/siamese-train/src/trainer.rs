@@ -10,14 +10,13 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use siamese_data::Part;
+use siamese_data::batch::{Batch, BatchSampler, Prefetch};
 use siamese_data::sample::NegativeFrom;
 use siamese_eval::{
     EvalOptions, EvalReport, KOCH_WAY, TrialSet, evaluate, fit_platt, pair_logits, siamese_scorer,
 };
 use siamese_model::{SiameseNet, select_device};
 use tracing::{info, warn};
-
-use siamese_data::batch::{Batch, BatchSampler, Prefetch};
 
 use crate::TrainError;
 use crate::config::TrainConfig;
