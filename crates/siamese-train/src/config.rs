@@ -16,6 +16,7 @@ use siamese_data::sample::{EpisodeSpec, NegativeFrom};
 use siamese_model::{Arch, InitScheme, ModelConfig};
 
 use crate::TrainError;
+use crate::average::WeightAverage;
 use crate::schedule::{AdamSettings, LrSchedule, Optimizer, SgdSchedule};
 
 /// A whole run's configuration.
@@ -266,6 +267,10 @@ pub struct TrainingConfig {
     /// (step decay, cosine, warm-up). Configurations without it: `constant`.
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// Average the weights over the steps (validation scores, and `best` keeps, the
+    /// averaged network). Configurations without it: `none`.
+    #[serde(default)]
+    pub weight_average: WeightAverage,
     /// Seed of the initialisation, the samplers and the distortions.
     pub seed: u64,
     /// CPU threads (`null`: all cores).
@@ -397,6 +402,7 @@ impl TrainConfig {
                 eval_batch: 64,
                 init: InitScheme::Paper,
                 lr_schedule: LrSchedule::Constant,
+                weight_average: WeightAverage::None,
                 calibrate: false,
                 seed: 0,
                 threads: None,
@@ -624,6 +630,9 @@ impl TrainConfig {
             _ => {}
         }
         if let Err(e) = t.lr_schedule.validate() {
+            return bad(e);
+        }
+        if let Err(e) = t.weight_average.validate() {
             return bad(e);
         }
         if t.epochs == 0 {

@@ -11,6 +11,8 @@
 //!   linearly from 0.5 to each layer's μⱼ), the chosen per-layer defaults, step and
 //!   cosine schedules with warm-up ([`LrSchedule`]), and the optimizer of a run
 //!   ([`schedule::RunOptimizer`] over [`optim`]);
+//! * [`average`]: an exponential moving average of the weights, validated and kept
+//!   as the best checkpoint in place of the raw weights;
 //! * [`objective`]: Koch's cross-entropy on pairs, the balanced all-pairs
 //!   objective, and the softmax cross-entropy of one-shot episodes;
 //! * [`data`]: the data of a run and the sampler of its batches (the batches are
@@ -27,6 +29,7 @@
 //! The library prints nothing: it logs with `tracing` and shows an `indicatif`
 //! progress bar when asked ([`TrainOptions::progress`]).
 
+pub mod average;
 pub mod config;
 pub mod data;
 mod error;
@@ -38,6 +41,7 @@ pub mod run;
 pub mod schedule;
 mod trainer;
 
+pub use average::{WeightAverage, WeightEma};
 pub use config::{
     DEFAULT_INPUT_SIZE, DataConfig, EpisodeObjective, Objective, Preset, TrainConfig,
     TrainingConfig,

@@ -178,6 +178,10 @@ impl RunDir {
 /// The network's file in a checkpoint folder (`last/`, `best/`).
 pub const MODEL_FILE: &str = "model.safetensors";
 
+/// The file of a `last` checkpoint holding the averaged weights of a run that
+/// averages them ([`crate::WeightAverage`]).
+pub const AVERAGE_FILE: &str = "average.safetensors";
+
 /// Writes `bytes` to `path` atomically with the `atomic-write-file` crate (the one
 /// way every crate of the workspace writes a file): the bytes go to a temporary file
 /// in the same folder, are flushed to disk, and replace `path` by a rename, so a
@@ -251,10 +255,12 @@ pub struct TrainState {
 }
 
 /// Saves a checkpoint folder `dir` (`last` or `best`) whole: the network, the
-/// optimizer's tensors and `state`, into a temporary folder swapped in at the end.
+/// averaged network if there is one ([`AVERAGE_FILE`]), the optimizer's tensors and
+/// `state`, into a temporary folder swapped in at the end.
 pub fn save_checkpoint(
     dir: &Path,
     net: &SiameseNet,
+    averaged: Option<&SiameseNet>,
     optimizer: &OptimizerState,
     state: &TrainState,
     provenance: &serde_json::Value,
@@ -271,7 +277,7 @@ pub fn save_checkpoint(
     }
     std::fs::create_dir_all(&tmp).map_err(TrainError::io("creating", &tmp))?;
     // A failure (a full disk) leaves no half-written folder behind.
-    let written = write_checkpoint_files(&tmp, net, optimizer, state, provenance);
+    let written = write_checkpoint_files(&tmp, net, averaged, optimizer, state, provenance);
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&tmp);
     }
@@ -294,11 +300,15 @@ pub fn save_checkpoint(
 fn write_checkpoint_files(
     tmp: &Path,
     net: &SiameseNet,
+    averaged: Option<&SiameseNet>,
     optimizer: &OptimizerState,
     state: &TrainState,
     provenance: &serde_json::Value,
 ) -> Result<(), TrainError> {
     net.save(tmp.join(MODEL_FILE), provenance)?;
+    if let Some(avg) = averaged {
+        avg.save(tmp.join(AVERAGE_FILE), provenance)?;
+    }
     let tensors: HashMap<String, Tensor> = optimizer
         .tensors
         .iter()
@@ -311,10 +321,11 @@ fn write_checkpoint_files(
     write_atomic(&tmp.join("state.json"), &json)
 }
 
-/// A checkpoint read back: the network as trainable `Var`s, the optimizer's state and
-/// the run state.
+/// A checkpoint read back: the network as trainable `Var`s, the averaged network if
+/// the checkpoint has one, the optimizer's state and the run state.
 pub struct LoadedCheckpoint {
     pub net: SiameseNet,
+    pub averaged: Option<SiameseNet>,
     pub varmap: candle_nn::VarMap,
     pub optimizer: OptimizerState,
     pub state: TrainState,
@@ -337,11 +348,18 @@ pub fn load_checkpoint(
         serde_json::from_str(&text).map_err(|e| bad(format!("{}: {e}", state_path.display())))?;
     let (net, varmap, _) =
         SiameseNet::load_trainable(dir.join(MODEL_FILE), Some(expected), device)?;
+    let average_path = dir.join(AVERAGE_FILE);
+    let averaged = if average_path.exists() {
+        Some(SiameseNet::load(&average_path, Some(expected), device)?.0)
+    } else {
+        None
+    };
     let opt_path = dir.join("optimizer.safetensors");
     let tensors = candle_core::safetensors::load(&opt_path, device)
         .map_err(|e| bad(format!("{}: {e}", opt_path.display())))?;
     Ok(LoadedCheckpoint {
         net,
+        averaged,
         varmap,
         optimizer: OptimizerState {
             step: state.optimizer_step,

@@ -19,6 +19,7 @@ use siamese_model::{SiameseNet, select_device};
 use tracing::{info, warn};
 
 use crate::TrainError;
+use crate::average::{WeightAverage, WeightEma};
 use crate::config::TrainConfig;
 use crate::data::{TrainData, batch_sampler};
 use crate::metrics::{MetricLine, MetricsLog, round3};
@@ -196,6 +197,8 @@ struct Trainer<'a> {
     options: &'a TrainOptions,
     device: Device,
     net: SiameseNet,
+    /// The average of the weights, when the run keeps one.
+    average: Option<WeightEma>,
     optimizer: RunOptimizer,
     /// Taken by [`Trainer::run`].
     sampler: Option<BatchSampler>,
@@ -238,7 +241,7 @@ impl<'a> Trainer<'a> {
             total_steps = total_steps.min(m);
         }
 
-        let (net, optimizer, state) = match run.checkpoint("last") {
+        let (net, averaged, optimizer, state) = match run.checkpoint("last") {
             Some(dir) => {
                 let ckpt = load_checkpoint(&dir, &config.model, &device)?;
                 let mut optimizer = RunOptimizer::new(&t.optimizer, &ckpt.net, &ckpt.varmap)?;
@@ -259,7 +262,7 @@ impl<'a> Trainer<'a> {
                     ckpt.state.step,
                     ckpt.state.epoch
                 );
-                (ckpt.net, optimizer, ckpt.state)
+                (ckpt.net, ckpt.averaged, optimizer, ckpt.state)
             }
             None => {
                 info!(
@@ -282,8 +285,24 @@ impl<'a> Trainer<'a> {
                     optimizer_hypers: serde_json::Value::Null,
                     finished: None,
                 };
-                (net, optimizer, state)
+                (net, None, optimizer, state)
             }
+        };
+        let average = match t.weight_average {
+            WeightAverage::None => None,
+            WeightAverage::Ema { decay } => Some(match averaged {
+                Some(avg) => WeightEma::new(decay, &avg)?,
+                None => {
+                    if state.step > 0 {
+                        warn!(
+                            "the checkpoint has no averaged weights: the average starts from \
+                             the weights of step {}",
+                            state.step
+                        );
+                    }
+                    WeightEma::new(decay, &net)?
+                }
+            }),
         };
         let metrics = MetricsLog::open(&run.metrics_path(), state.step)?;
         let last_validation_step = metrics
@@ -326,6 +345,7 @@ impl<'a> Trainer<'a> {
             device,
             seconds_before: state.train_seconds,
             net,
+            average,
             optimizer,
             sampler: Some(sampler),
             state,
@@ -427,6 +447,9 @@ impl<'a> Trainer<'a> {
             }
             self.optimizer.backward_step(&loss)?;
             drop(loss);
+            if let Some(average) = &mut self.average {
+                average.update(&self.net, step + 1)?;
+            }
             self.state.step = step + 1;
             self.state.epoch = self.epoch_of(self.state.step);
             last_loss = Some(value);
@@ -576,13 +599,23 @@ impl<'a> Trainer<'a> {
             )
         });
         if new_best {
-            self.save(&self.run.best_dir())?;
+            let best = self.scored_net()?;
+            self.save(&self.run.best_dir(), &best, None)?;
         }
         Ok(())
     }
 
+    /// The network validation scores and `best` keeps: the averaged one when the run
+    /// averages, else the current weights (detached).
+    fn scored_net(&self) -> Result<SiameseNet, TrainError> {
+        match &self.average {
+            Some(average) => average.net(&self.device),
+            None => Ok(self.net.detach()),
+        }
+    }
+
     fn evaluate(&self) -> Result<EvalReport, TrainError> {
-        let frozen = self.net.detach();
+        let frozen = self.scored_net()?;
         let scorer = siamese_scorer(&frozen, "validation");
         let options = EvalOptions {
             embed_batch: self.config.train.eval_batch,
@@ -635,14 +668,24 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// Saves the current weights, with their average if the run keeps one, as `last`.
     fn save_last(&mut self) -> Result<(), TrainError> {
-        self.save(&self.run.last_dir())
+        let averaged = match &self.average {
+            Some(average) => Some(average.net(&self.device)?),
+            None => None,
+        };
+        self.save(&self.run.last_dir(), &self.net, averaged.as_ref())
     }
 
-    /// Saves a checkpoint of the current state into `dir`, refusing non-finite
-    /// weights (the previous checkpoint stays).
-    fn save(&self, dir: &std::path::Path) -> Result<(), TrainError> {
-        if !params_finite(&self.net)? {
+    /// Saves a checkpoint of the current state with the weights of `net` into `dir`,
+    /// refusing non-finite weights (the previous checkpoint stays).
+    fn save(
+        &self,
+        dir: &std::path::Path,
+        net: &SiameseNet,
+        averaged: Option<&SiameseNet>,
+    ) -> Result<(), TrainError> {
+        if !params_finite(net)? {
             return Err(TrainError::NonFiniteLoss {
                 step: self.state.step,
                 epoch: self.state.epoch,
@@ -662,7 +705,7 @@ impl<'a> Trainer<'a> {
             "best": state.best,
             "config": self.config,
         });
-        save_checkpoint(dir, &self.net, &opt, &state, &provenance)
+        save_checkpoint(dir, net, averaged, &opt, &state, &provenance)
     }
 
     fn redraw(&self) {

@@ -14,7 +14,7 @@ use siamese_train::metrics::{MetricLine, read_metrics};
 use siamese_train::{
     AdamSettings, ClassBatchSpec, EpisodeObjective, LrSchedule, Objective, Optimizer,
     PairBatchSpec, PairSource, RunDir, SgdSchedule, StepReport, StopReason, TrainConfig, TrainData,
-    TrainError, TrainOptions, TrainState, train,
+    TrainError, TrainOptions, TrainState, WeightAverage, train,
 };
 
 const SIDE: usize = 24;
@@ -180,6 +180,15 @@ fn resume_is_exact(config: TrainConfig, split_at: u64) {
         weights(&straight.last_dir().join("optimizer.safetensors")),
         weights(&parts.last_dir().join("optimizer.safetensors"))
     );
+    let average = siamese_train::run::AVERAGE_FILE;
+    let averages = config.train.weight_average != WeightAverage::None;
+    assert_eq!(straight.last_dir().join(average).exists(), averages);
+    if averages {
+        assert_eq!(
+            weights(&straight.last_dir().join(average)),
+            weights(&parts.last_dir().join(average))
+        );
+    }
 }
 
 #[test]
@@ -225,6 +234,44 @@ fn a_batch_normalised_tower_trains_calibrates_and_evaluates() {
             .iter()
             .all(|s| s.var.iter().any(|&v| v != 1.0))
     );
+    assert_eq!(evaluate_best(&path, &config, &data), best.accuracy);
+}
+
+#[test]
+fn weight_averaging_resumes_exactly() {
+    let mut config = tiny_episodes_config();
+    config.train.weight_average = WeightAverage::Ema { decay: 0.9 };
+    resume_is_exact(config, 3);
+}
+
+/// With weight averaging, validation scores the averaged weights and `best` keeps
+/// them: a best checkpoint from the last step is the `last` checkpoint's average, not
+/// its raw weights, and evaluates to the recorded validation accuracy.
+#[test]
+fn best_keeps_the_averaged_weights() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_episodes_config();
+    config.train.weight_average = WeightAverage::Ema { decay: 0.9 };
+    config.train.calibrate = false;
+    config.train.validate_every = Some(6);
+    let run = RunDir::create(root.path(), Some("ema")).unwrap();
+    let out = train(&run, &config, &data, &options()).unwrap();
+    let best = out.best.expect("validated");
+    assert_eq!(best.step, 6);
+    let best_path = run.best_dir().join("model.safetensors");
+    let average = weights(&run.last_dir().join(siamese_train::run::AVERAGE_FILE));
+    assert_eq!(weights(&best_path), average);
+    assert_ne!(weights(&run.last_dir().join("model.safetensors")), average);
+    assert_eq!(evaluate_best(&best_path, &config, &data), best.accuracy);
+}
+
+/// Validation accuracy of the checkpoint at `path`, on the validation trials of
+/// `config`, in inference mode.
+fn evaluate_best(path: &Path, config: &TrainConfig, data: &TrainData) -> f64 {
+    let (net, _) =
+        siamese_model::SiameseNet::load(path, Some(&config.model), &candle_core::Device::Cpu)
+            .unwrap();
     let trials = siamese_eval::TrialSet::koch(
         &data.validation,
         siamese_eval::KOCH_WAY,
@@ -232,13 +279,13 @@ fn a_batch_normalised_tower_trains_calibrates_and_evaluates() {
         config.data.validation_seed,
     )
     .unwrap();
-    let report = siamese_eval::evaluate(
+    siamese_eval::evaluate(
         &siamese_eval::siamese_scorer(&net, "best"),
         &trials,
         &siamese_eval::EvalOptions::default(),
     )
-    .unwrap();
-    assert_eq!(report.accuracy, best.accuracy);
+    .unwrap()
+    .accuracy
 }
 
 #[test]
