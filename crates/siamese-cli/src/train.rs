@@ -112,7 +112,8 @@ pub struct TrainArgs {
     /// At most this many epochs.
     #[arg(long, help_heading = "Training")]
     pub epochs: Option<u64>,
-    /// Stop after this many steps in all.
+    /// Stop after this many steps in all (`default`: 10,500 episodes, `long`: 42,000;
+    /// their cosine learning-rate schedule spans this limit, so it stretches with it).
     #[arg(long, value_name = "N", help_heading = "Training")]
     pub max_steps: Option<u64>,
     /// Stop training after this many minutes (a final validation and checkpoint follow).

@@ -43,8 +43,8 @@ mod trainer;
 
 pub use average::{WeightAverage, WeightEma};
 pub use config::{
-    DEFAULT_INPUT_SIZE, DataConfig, EpisodeObjective, Objective, Preset, TrainConfig,
-    TrainingConfig,
+    DEFAULT_EPISODES, DEFAULT_INPUT_SIZE, DataConfig, EpisodeObjective, Objective, Preset,
+    TrainConfig, TrainingConfig,
 };
 pub use data::TrainData;
 pub use error::TrainError;

@@ -344,7 +344,8 @@ impl Optimizer {
 ///
 /// In configuration files `"constant"`, or a table:
 /// `{"step": {"every": 6000, "factor": 0.5, "warmup": 0}}` (×0.5 every 6,000 steps),
-/// `{"cosine": {"steps": 30000, "min_factor": 0.01, "warmup": 500}}`.
+/// `{"cosine": {"steps": 30000, "min_factor": 0.01, "warmup": 500}}` (`"steps": null`
+/// or left out: over the run's `train.max_steps`).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LrSchedule {
@@ -361,7 +362,9 @@ pub enum LrSchedule {
     },
     /// Half a cosine from 1 to `min_factor` over `steps` steps, then `min_factor`.
     Cosine {
-        steps: u64,
+        /// `None`: the run's `train.max_steps`, so that the cosine follows the budget.
+        #[serde(default)]
+        steps: Option<u64>,
         min_factor: f64,
         /// Linear warm-up over the first steps (0: none).
         #[serde(default)]
@@ -370,9 +373,10 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
-    /// The multiplier at `step` (0-based): a function of the step alone, so that a
-    /// resumed run gets the same values.
-    pub fn factor(&self, step: u64) -> f64 {
+    /// The multiplier at `step` (0-based) of a run of at most `run_steps` steps (a
+    /// cosine without its own length spans them): a function of the step alone, so
+    /// that a resumed run gets the same values.
+    pub fn factor(&self, step: u64, run_steps: Option<u64>) -> f64 {
         let (warmup, decayed) = match *self {
             LrSchedule::Constant => (0, 1.0),
             LrSchedule::Step {
@@ -385,6 +389,7 @@ impl LrSchedule {
                 min_factor,
                 warmup,
             } => {
+                let steps = steps.or(run_steps).unwrap_or(u64::MAX);
                 let t = (step.min(steps) as f64) / (steps.max(1) as f64);
                 let cos = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
                 (warmup, min_factor + (1.0 - min_factor) * cos)
@@ -397,8 +402,9 @@ impl LrSchedule {
         }
     }
 
-    /// Checks the values; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the values against a run of at most `run_steps` steps; the message
+    /// names the field.
+    pub fn validate(&self, run_steps: Option<u64>) -> Result<(), String> {
         match *self {
             LrSchedule::Constant => Ok(()),
             LrSchedule::Step { every, factor, .. } => {
@@ -408,10 +414,15 @@ impl LrSchedule {
                     Ok(())
                 }
             }
+            LrSchedule::Cosine { steps: None, .. } if run_steps.is_none() => Err(
+                "train.lr_schedule.cosine.steps is required when train.max_steps is not set \
+                 (the cosine spans it otherwise)"
+                    .into(),
+            ),
             LrSchedule::Cosine {
                 steps, min_factor, ..
             } => {
-                if steps == 0 || !(0.0..=1.0).contains(&min_factor) {
+                if steps == Some(0) || !(0.0..=1.0).contains(&min_factor) {
                     Err(
                         "train.lr_schedule.cosine: steps must be ≥ 1 and min_factor in [0, 1]"
                             .into(),
@@ -615,14 +626,14 @@ mod tests {
 
     #[test]
     fn lr_schedules_by_step() {
-        assert_eq!(LrSchedule::Constant.factor(12345), 1.0);
+        assert_eq!(LrSchedule::Constant.factor(12345, None), 1.0);
         let step = LrSchedule::Step {
             every: 100,
             factor: 0.5,
             warmup: 0,
         };
         assert_eq!(
-            [0, 99, 100, 250].map(|s| step.factor(s)),
+            [0, 99, 100, 250].map(|s| step.factor(s, None)),
             [1.0, 1.0, 0.5, 0.25]
         );
         let warm = LrSchedule::Step {
@@ -630,24 +641,49 @@ mod tests {
             factor: 0.5,
             warmup: 4,
         };
-        assert_eq!([0, 1, 3, 4].map(|s| warm.factor(s)), [0.25, 0.5, 1.0, 1.0]);
+        assert_eq!(
+            [0, 1, 3, 4].map(|s| warm.factor(s, None)),
+            [0.25, 0.5, 1.0, 1.0]
+        );
         let cos = LrSchedule::Cosine {
-            steps: 100,
+            steps: Some(100),
             min_factor: 0.1,
             warmup: 0,
         };
-        assert_eq!(cos.factor(0), 1.0);
-        assert!((cos.factor(50) - 0.55).abs() < 1e-12);
-        assert!((cos.factor(100) - 0.1).abs() < 1e-12);
-        assert!((cos.factor(1000) - 0.1).abs() < 1e-12);
+        // Its own length wins over the run's.
+        assert_eq!(cos.factor(0, Some(7)), 1.0);
+        assert!((cos.factor(50, Some(7)) - 0.55).abs() < 1e-12);
+        assert!((cos.factor(100, None) - 0.1).abs() < 1e-12);
+        assert!((cos.factor(1000, None) - 0.1).abs() < 1e-12);
+        // Without one it spans the run; without either it is refused.
+        let over_run = LrSchedule::Cosine {
+            steps: None,
+            min_factor: 0.1,
+            warmup: 0,
+        };
+        assert!((over_run.factor(50, Some(100)) - 0.55).abs() < 1e-12);
+        assert!((over_run.factor(100, Some(100)) - 0.1).abs() < 1e-12);
+        assert!(over_run.validate(Some(100)).is_ok());
+        let err = over_run.validate(None).unwrap_err();
+        assert!(err.contains("train.max_steps"), "{err}");
         assert!(
             LrSchedule::Step {
                 every: 0,
                 factor: 0.5,
                 warmup: 0
             }
-            .validate()
+            .validate(None)
             .is_err()
+        );
+        let text = r#"{"cosine": {"min_factor": 0.02}}"#;
+        let parsed: LrSchedule = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            parsed,
+            LrSchedule::Cosine {
+                steps: None,
+                min_factor: 0.02,
+                warmup: 0
+            }
         );
         let text = r#"{"step": {"every": 6000, "factor": 0.5}}"#;
         let parsed: LrSchedule = serde_json::from_str(text).unwrap();

@@ -431,7 +431,7 @@ impl<'a> Trainer<'a> {
             let epoch = self.epoch_of(step);
             let tick = Instant::now();
             self.optimizer
-                .set_position(epoch, t.lr_schedule.factor(step));
+                .set_position(epoch, t.lr_schedule.factor(step, t.max_steps));
             let batch = batches.next(&self.data.train, step, &self.device)?;
             let n_pairs = batch.pair_count();
             let loss = t.objective.loss(&self.net, &batch)?;
