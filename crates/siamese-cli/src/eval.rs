@@ -115,8 +115,10 @@ pub struct EvalArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Test-time augmentation: embed each image as the mean of the tower's features
-    /// of it and of four copies shifted by this many pixels (0: off).
-    #[arg(long, value_name = "PIXELS", default_value_t = 0)]
+    /// of it and of four copies shifted by this many pixels (0: off). On by default:
+    /// on the validation alphabets it raised the accuracy of every seed of the
+    /// default preset (README, "Results"); it costs five embeddings per image.
+    #[arg(long, value_name = "PIXELS", default_value_t = 1)]
     pub tta_shift: usize,
     /// Images per embedding batch.
     #[arg(long, default_value_t = 128)]
@@ -145,7 +147,13 @@ pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
     match args.method {
         Method::Siamese => {
             let (net, path) = load_model(args.model.as_deref(), &args.device)?;
-            let name = format!("siamese {}", path.display());
+            let name = match args.tta_shift {
+                0 => format!("siamese {}", path.display()),
+                s => format!(
+                    "siamese {} (mean features over ±{s} px shifts)",
+                    path.display()
+                ),
+            };
             run_with(
                 &siamese_scorer_shifted(&net, &name, args.tta_shift),
                 args,
