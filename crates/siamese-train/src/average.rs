@@ -45,9 +45,16 @@ impl WeightAverage {
 pub struct WeightEma {
     decay: f64,
     config: siamese_model::ModelConfig,
-    /// Name, shape and averaged values of each parameter, then of each running
-    /// statistic.
-    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    /// The averaged values of each parameter, then of each running statistic.
+    tensors: Vec<FlatTensor>,
+}
+
+/// One tensor of a network as f32 values on the CPU.
+#[derive(Debug, Clone)]
+struct FlatTensor {
+    name: String,
+    shape: Vec<usize>,
+    values: Vec<f32>,
 }
 
 impl WeightEma {
@@ -70,9 +77,9 @@ impl WeightEma {
     pub fn update(&mut self, net: &SiameseNet, step: u64) -> Result<(), TrainError> {
         let d = self.decay_at(step) as f32;
         let current = snapshot(net)?;
-        for ((name, _, avg), (now_name, _, now)) in self.tensors.iter_mut().zip(&current) {
-            debug_assert_eq!(name, now_name);
-            for (a, x) in avg.iter_mut().zip(now) {
+        for (avg, now) in self.tensors.iter_mut().zip(&current) {
+            debug_assert_eq!(avg.name, now.name);
+            for (a, x) in avg.values.iter_mut().zip(&now.values) {
                 *a = d * *a + (1.0 - d) * x;
             }
         }
@@ -84,10 +91,10 @@ impl WeightEma {
         let tensors = self
             .tensors
             .iter()
-            .map(|(name, shape, values)| {
+            .map(|t| {
                 Ok((
-                    name.clone(),
-                    Tensor::from_slice(values, shape.as_slice(), device)?,
+                    t.name.clone(),
+                    Tensor::from_slice(&t.values, t.shape.as_slice(), device)?,
                 ))
             })
             .collect::<Result<std::collections::HashMap<_, _>, candle_core::Error>>()?;
@@ -99,7 +106,7 @@ impl WeightEma {
 }
 
 /// Every parameter and running statistic of `net` as f32 values on the CPU.
-fn snapshot(net: &SiameseNet) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, TrainError> {
+fn snapshot(net: &SiameseNet) -> Result<Vec<FlatTensor>, TrainError> {
     let buffers = net.named_buffers()?;
     net.named_tensors()
         .iter()
@@ -110,7 +117,11 @@ fn snapshot(net: &SiameseNet) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, Tra
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
-            Ok((name.clone(), t.dims().to_vec(), values))
+            Ok(FlatTensor {
+                name: name.clone(),
+                shape: t.dims().to_vec(),
+                values,
+            })
         })
         .collect()
 }
@@ -128,7 +139,11 @@ mod tests {
     }
 
     fn values(net: &SiameseNet) -> Vec<Vec<f32>> {
-        snapshot(net).unwrap().into_iter().map(|t| t.2).collect()
+        snapshot(net)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.values)
+            .collect()
     }
 
     /// The average after two updates against the formula, the decay's warm-up, and
