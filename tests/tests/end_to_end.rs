@@ -64,7 +64,10 @@ fn fetch_train_eval_classify() {
     assert_eq!(report["protocol"]["kind"], "lake-runs");
     // Shift averaging is on by default, and the report says so.
     let method = report["method"].as_str().unwrap();
-    assert!(method.ends_with("(mean features over ±1 px shifts)"), "{method}");
+    assert!(
+        method.ends_with("(mean features over ±1 px shifts)"),
+        "{method}"
+    );
     let acc = report["accuracy"].as_f64().unwrap();
     assert!(
         report["ci95_low"].as_f64().unwrap() <= acc && acc <= report["ci95_high"].as_f64().unwrap()
