@@ -38,8 +38,8 @@ pub struct TrainConfig {
 /// 85.0% against 78.5% on Koch's test split).
 pub const DEFAULT_INPUT_SIZE: usize = 32;
 
-/// The episodes (steps) of the default preset: what two cores train in about 29
-/// minutes at 32×32 (6.0–6.7 episodes per second measured here, validations
+/// The episodes (steps) of the default preset: two cores trained them in 26:24 and
+/// 28:43 of wall time at 32×32 (seeds 3 and 0, validations and calibration
 /// included), so that the cosine schedule ends inside the 30-minute budget. A fixed
 /// count rather than the clock makes a run the same function of its seed on every
 /// machine.
@@ -311,7 +311,7 @@ impl TrainConfig {
     /// background alphabets, trained on 20-way one-shot episodes with 5 queries per
     /// class ([`EpisodeObjective::default`]: the characters × 4 rotations as classes,
     /// half the episodes within one alphabet), Adam at 10⁻³ annealed by half a cosine
-    /// to 2% of it over [`DEFAULT_EPISODES`] episodes (about 29 minutes here; the
+    /// to 2% of it over [`DEFAULT_EPISODES`] episodes (26–29 minutes here; the
     /// 30-minute budget only guards slower machines), an exponential moving average
     /// of the weights (decay 0.998) validated (Koch's 20-way within-alphabet trials on
     /// the validation alphabets) every 500 episodes, keeping the best.
