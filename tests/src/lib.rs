@@ -261,8 +261,14 @@ pub fn mnist_dataset() -> PathBuf {
 /// Runs the CLI with `args` and no inherited mirror variable; returns (success,
 /// stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    run_cli_with_env(args, &[])
+}
+
+/// [`run_cli`] with these variables set in the binary's environment.
+pub fn run_cli_with_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(cli_binary())
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("OMNIGLOT_MIRROR")
         .env_remove(MNIST_MIRROR_ENV)
         .env("NO_COLOR", "1")

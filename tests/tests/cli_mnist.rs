@@ -180,3 +180,54 @@ fn classify_takes_mnist_digits_as_image_files() {
         assert_eq!(labels, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     }
 }
+
+/// `eval --adapt-bn`: the report names the adaptation, which changes the scores of a
+/// batch-normalised network (its running statistics are those of initialisation here,
+/// far from the digits'); the baselines and Koch's network refuse it with a reason.
+#[test]
+fn adapt_bn_is_reported_and_refused_where_it_cannot_apply() {
+    let dir = mnist_dataset();
+    let model = conv4_checkpoint();
+    let common = [
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--trials",
+        "60",
+        "--fit",
+        "character",
+    ];
+    let plain = eval_mnist(&dir, &common);
+    let mut with = common.to_vec();
+    with.push("--adapt-bn");
+    let adapted = eval_mnist(&dir, &with);
+    let method = adapted["method"].as_str().unwrap();
+    assert!(
+        method.ends_with("(batch norm adapted to the trials' images)"),
+        "{method}"
+    );
+    assert!(!plain["method"].as_str().unwrap().contains("adapted"));
+    assert_eq!(plain["trials"], adapted["trials"]);
+    // The same trials, other features: some trial's choice changes.
+    let choices = |v: &serde_json::Value| v["per_alphabet"].to_string();
+    assert_ne!(
+        (choices(&plain), &plain["correct"]),
+        (choices(&adapted), &adapted["correct"])
+    );
+
+    let (ok, _, err) = run_cli(&[
+        "eval",
+        "--mnist",
+        dir.to_str().unwrap(),
+        "--no-download",
+        "--method",
+        "pixel-nn",
+        "--adapt-bn",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--adapt-bn") && err.contains("--method siamese"),
+        "{err}"
+    );
+}

@@ -6,21 +6,26 @@
 #   bash bundle/gpu/run.sh --dry-run        # the same stages on the CPU, tiny sizes
 #
 # Stages (each under `timeout`, a failure goes on to the next stage):
-#   setup   unpack the binary, find the CUDA libraries it needs, record the machine
-#   probe   one tiny training step on the device
-#   data    extract and verify Omniglot from the bundled zips (--mirror)
-#   bench   `bench train` at batch 128 and 512 pairs, f32 and TF32
-#   train   the paper preset for a wall-clock budget (TF32 if it was faster)
-#   eval    the trained network on Lake's 20 runs and on Koch's test split
-#   torch   the bundled torch_koch.py on the same GPU, f32 and TF32, same batches
+#   setup    unpack the binary, find the CUDA libraries it needs, record the machine
+#   probe    one tiny training step on the device
+#   data     extract and verify Omniglot and the MNIST test set from the bundle
+#   rate     200 episodes of the default preset: the GPU's episodes per second
+#   train-*  the runs that fit in the time left at that rate, in order: `long`
+#            (42,000 episodes), `default` (10,500), `default` seeds 1 and 2; if none
+#            fits, `default` cut by --max-minutes (the cosine then does not finish)
+#   eval-*   each trained run's best checkpoint on Lake's 20 runs, the first one's
+#            also on Koch's test split and MNIST (eval's defaults: 400 trials,
+#            ±1 px shift averaging)
+#   bench, torch   Koch's network, ours and PyTorch's torch_koch.py, batch 128, f32
+#            and TF32, if time is left
 # Every stage appends one JSON line to $OUT/results.jsonl:
 #   {"stage", "status": ok|failed|timeout|skipped, "seconds", "result": <its JSON>}
-# Files in $OUT (at most 8): results.jsonl, summary.txt, run.log, env.txt,
-# metrics.jsonl, loss.png, validation.png.
+# Files in $OUT (at most 8): results.jsonl, summary.txt, run.log, env.txt and
+# runs.tar, the trained run folders (config, metrics.jsonl, curves, best/ and last/
+# checkpoints: evaluate them anywhere with `eval --model`).
 #
 # Environment: OUT (default ./device-out), SIAMESE_BUDGET_S (total seconds for the
-# stages, default 560: the run fits a 600-second call), SIAMESE_TRAIN_MINUTES (the
-# most training minutes, default 5; less when the budget is short), PYTHON (default python3),
+# stages, default 560: the run fits a 600-second call), PYTHON (default python3),
 # SIAMESE_BIN (a binary to use instead of the bundled one), SIAMESE_LD_LIBRARY_PATH
 # (folders searched first for the CUDA libraries), SIAMESE_WORK (scratch folder).
 set -uo pipefail
@@ -31,7 +36,7 @@ for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
         -h | --help)
-            sed -n '2,25p' "${BASH_SOURCE[0]}"
+            sed -n '2,31p' "${BASH_SOURCE[0]}"
             exit 0
             ;;
         *)
@@ -48,7 +53,6 @@ WORK="${SIAMESE_WORK:-$(mktemp -d /tmp/siamese-gpu.XXXXXX)}"
 mkdir -p "$WORK"
 PYTHON="${PYTHON:-python3}"
 BUDGET_S="${SIAMESE_BUDGET_S:-560}"
-TRAIN_MINUTES="${SIAMESE_TRAIN_MINUTES:-5}"
 START_S=$SECONDS
 # Panics with a backtrace, errors on one line, logs without colour codes.
 export RUST_BACKTRACE=1 RUST_LIB_BACKTRACE=0 NO_COLOR=1
@@ -61,20 +65,26 @@ ENV_TXT="$OUT/env.txt"
 
 if [[ $DRY_RUN == 1 ]]; then
     DEVICE=cpu
-    BATCHES=(4 8)
-    BENCH_STEPS=(1 1)
-    ARCH_FLAGS=(--arch koch)
-    TRAIN_MINUTES="${SIAMESE_TRAIN_MINUTES:-0.2}"
+    BENCH_STEPS=1
+    BENCH_SHAPE=(--arch koch35 --batch-pairs 8)
+    # Tiny runs: the presets' shapes with a few episodes each.
+    RATE_STEPS=40
+    declare -A PRESET_STEPS=([default]=4 [long]=8)
+    STEP_FLAGS=(--validation-trials 40 --validate-every 2)
     EVAL_FLAGS=(--trials 40)
 else
     DEVICE=cuda
-    BATCHES=(128 512)
-    BENCH_STEPS=(10 3)
-    ARCH_FLAGS=(--arch koch)
+    BENCH_STEPS=10
+    BENCH_SHAPE=(--arch koch --batch-pairs 128)
+    RATE_STEPS=200
+    declare -A PRESET_STEPS=([default]=10500 [long]=42000)
+    STEP_FLAGS=()
     EVAL_FLAGS=()
 fi
 DATA="$WORK/omniglot"
+MNIST="$WORK/mnist"
 MIRROR="$BUNDLE/omniglot"
+MNIST_MIRROR="$BUNDLE/mnist"
 RUNS="$WORK/runs"
 
 say() { echo "[run.sh $((SECONDS - START_S))s $(date -u +%T)] $*" | tee -a "$LOG"; }
@@ -213,79 +223,101 @@ if command -v nvidia-smi >/dev/null && [[ $DEVICE == cuda ]]; then
 fi
 
 DATA_FLAGS=(--data "$DATA" --mirror "$MIRROR")
-TRAIN_TF32=()
 if [[ $SETUP_OK == 1 ]]; then
     # ---- probe: does the device answer and run a step? ----
-    stage probe 120 330 -- "$BIN" bench train --device "$DEVICE" --arch koch35 \
+    stage probe 120 450 -- "$BIN" bench train --device "$DEVICE" --arch koch35 \
         --batch-pairs 4 --steps 1 --json
 
-    # ---- data ----
-    stage data 120 330 -- "$BIN" data "${DATA_FLAGS[@]}" --json
+    # ---- data: Omniglot, then the MNIST test set (fetched by a tiny MNIST eval) ----
+    stage data 120 450 -- "$BIN" data "${DATA_FLAGS[@]}" --json
+    stage data-mnist 60 450 -- "$BIN" eval --mnist "$MNIST" --mnist-mirror "$MNIST_MIRROR" \
+        --method pixel-nn --trials 10 --json
 
-    # ---- bench: ours, f32 and TF32, both batch sizes ----
-    for i in "${!BATCHES[@]}"; do
-        b=${BATCHES[$i]}
-        s=${BENCH_STEPS[$i]}
-        stage "bench-$b-f32" 60 330 "{\"batch_pairs\": $b, \"tf32\": false}" -- \
-            "$BIN" bench train --device "$DEVICE" "${ARCH_FLAGS[@]}" --batch-pairs "$b" \
-            --steps "$s" --json
-        stage "bench-$b-tf32" 60 330 "{\"batch_pairs\": $b, \"tf32\": true}" -- \
-            "$BIN" --tf32 bench train --device "$DEVICE" "${ARCH_FLAGS[@]}" --batch-pairs "$b" \
-            --steps "$s" --json
-    done
-fi
-
-if [[ $SETUP_OK == 1 ]]; then
-    # ---- train: TF32 if it was at least 5% faster at batch 128 ----
-    faster="$("$PYTHON" - "$RESULTS" "${BATCHES[0]}" 2>>"$LOG" <<'PY' || echo no
+    # ---- rate: episodes per second of the default preset on this device ----
+    # (its own short cosine: only the speed matters here)
+    stage rate 150 400 -- "$BIN" train --device "$DEVICE" "${DATA_FLAGS[@]}" --runs "$RUNS" \
+        --name rate --max-steps "$RATE_STEPS" --no-time-limit "${STEP_FLAGS[@]}" --json
+    read -r RATE VAL_S < <("$PYTHON" - "$RUNS/rate/metrics.jsonl" 2>>"$LOG" <<'PY' || echo 0 0
 import json, sys
-rate = {}
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r["status"] == "ok" and r["stage"].startswith(f"bench-{sys.argv[2]}-"):
-        rate[r["stage"].rsplit("-", 1)[1]] = r["result"]["train_pairs_per_s"]
-print("yes" if rate.get("tf32", 0) > 1.05 * rate.get("f32", float("inf")) else "no")
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+train = [r for r in rows if r.get("kind") == "train" and r.get("elapsed_s")]
+val = [r["seconds"] for r in rows if r.get("kind") == "validation"]
+# From the first logged step on: the start (CUDA modules, first batches) is apart.
+a, b = train[0], train[-1]
+rate = (b["step"] - a["step"]) / max(b["elapsed_s"] - a["elapsed_s"], 1e-9) if len(train) > 1 else 0
+print(round(rate, 2), round(max(val) if val else 1.0, 3))
 PY
-)"
-    if [[ $faster == yes ]]; then
-        TRAIN_TF32=(--tf32)
-    fi
-    say "training with ${TRAIN_TF32[*]:-f32} (TF32 at least 5% faster in bench: $faster)"
-    # Leave 70 s for the evaluations, 70 s for PyTorch, 45 s for loading the data, the
-    # last validation and the checkpoints.
-    left=$(($(remaining) - 70 - 70 - 45))
-    minutes="$("$PYTHON" -c "print(round(max(0.1, min($TRAIN_MINUTES, $left / 60)), 2))" 2>/dev/null || echo 1)"
-    stage train 900 140 "{\"max_minutes\": $minutes, \"tf32\": $([[ ${#TRAIN_TF32[@]} -gt 0 ]] && echo true || echo false)}" -- \
-        "$BIN" "${TRAIN_TF32[@]}" train --preset paper --device "$DEVICE" "${DATA_FLAGS[@]}" \
-        --runs "$RUNS" --name gpu --max-minutes "$minutes" --validate-every 500 --json
-    for f in metrics.jsonl loss.png validation.png; do
-        [[ -f $RUNS/gpu/$f ]] && cp "$RUNS/gpu/$f" "$OUT/$f"
-    done
+)
+    RATE=${RATE:-0} VAL_S=${VAL_S:-1}
+    say "rate: $RATE episodes/s, ${VAL_S}s per validation"
 
-    # ---- eval: Lake's 20 runs and Koch's test split ----
-    if [[ -f $RUNS/gpu/best/model.safetensors ]]; then
-        stage eval-lake 60 105 -- "$BIN" "${TRAIN_TF32[@]}" eval --model "$RUNS/gpu" \
-            --device "$DEVICE" "${DATA_FLAGS[@]}" --lake-runs --json
-        stage eval-koch-test 60 70 -- "$BIN" "${TRAIN_TF32[@]}" eval --model "$RUNS/gpu" \
-            --device "$DEVICE" "${DATA_FLAGS[@]}" --way 20 "${EVAL_FLAGS[@]}" --json
-    else
-        say "eval: skipped (no best checkpoint in $RUNS/gpu)"
-        emit eval-lake skipped 0
-        emit eval-koch-test skipped 0
+    # ---- train: the runs that fit at that rate, in this order ----
+    # NAME:PRESET[:SEED]. The long preset first (it was never run on 2 CPU cores);
+    # then the default preset, then more seeds of it, each while time is left.
+    # 25 s stay for each run's evaluation on Lake's runs.
+    TRAINED=()
+    for spec in long:long:0 default:default:0 default-s1:default:1 default-s2:default:2; do
+        IFS=: read -r name preset seed <<<"$spec"
+        steps=${PRESET_STEPS[$preset]}
+        # The episodes, a validation every 500, and 40 s to start and save.
+        need="$("$PYTHON" -c "r=$RATE; print(int($steps / r * 1.05 + $steps / 500 * $VAL_S * 1.2 + 40) if r > 0 else 10**9)")"
+        left=$(($(remaining) - 25 - 60))
+        extra="{\"preset\": \"$preset\", \"seed\": $seed, \"need_s\": $need, \"rate\": $RATE}"
+        if ((need > left)); then
+            say "train-$name: skipped (needs ~${need}s at $RATE/s, ${left}s left)"
+            emit "train-$name" skipped 0 "" "$extra"
+            continue
+        fi
+        step_flag=()
+        [[ $DRY_RUN == 1 ]] && step_flag=(--max-steps "$steps")
+        stage "train-$name" $((need * 2)) 85 "$extra" -- \
+            "$BIN" train --preset "$preset" --seed "$seed" --device "$DEVICE" "${DATA_FLAGS[@]}" \
+            --runs "$RUNS" --name "$name" --no-time-limit "${step_flag[@]}" "${STEP_FLAGS[@]}" --json
+        TRAINED+=("$name")
+        stage "eval-$name-lake" 40 60 -- "$BIN" eval --model "$RUNS/$name" --device "$DEVICE" \
+            "${DATA_FLAGS[@]}" --lake-runs "${EVAL_FLAGS[@]}" --json
+    done
+    if ((${#TRAINED[@]} == 0)); then
+        # Nothing fits: the default preset cut by the clock (its cosine unfinished).
+        left=$(($(remaining) - 25 - 60))
+        if ((left > 120)); then
+            minutes="$("$PYTHON" -c "print(round(($left - 45) / 60, 2))")"
+            say "train-default: cut to $minutes minutes"
+            stage train-default "$left" 85 "{\"preset\": \"default\", \"max_minutes\": $minutes, \"rate\": $RATE}" -- \
+                "$BIN" train --preset default --device "$DEVICE" "${DATA_FLAGS[@]}" \
+                --runs "$RUNS" --name default --max-minutes "$minutes" "${STEP_FLAGS[@]}" --json
+            TRAINED+=(default)
+            stage eval-default-lake 40 60 -- "$BIN" eval --model "$RUNS/default" --device "$DEVICE" \
+                "${DATA_FLAGS[@]}" --lake-runs "${EVAL_FLAGS[@]}" --json
+        fi
     fi
+
+    # ---- the first run on Koch's split and MNIST; every run packed ----
+    if ((${#TRAINED[@]})); then
+        first="$RUNS/${TRAINED[0]}"
+        stage "eval-${TRAINED[0]}-koch" 40 40 -- "$BIN" eval --model "$first" --device "$DEVICE" \
+            "${DATA_FLAGS[@]}" --way 20 "${EVAL_FLAGS[@]}" --json
+        stage "eval-${TRAINED[0]}-mnist" 40 30 -- "$BIN" eval --model "$first" --device "$DEVICE" \
+            --mnist "$MNIST" --mnist-mirror "$MNIST_MIRROR" "${EVAL_FLAGS[@]}" --json
+        # (best/'s optimizer state stays behind: last/ has the one to resume from)
+        tar -C "$RUNS" --exclude=best/optimizer.safetensors -cf "$OUT/runs.tar" "${TRAINED[@]}" &&
+            say "packed ${TRAINED[*]} into runs.tar"
+    fi
+
+    # ---- bench: Koch's network, ours, if time is left ----
+    stage bench-128-f32 45 60 "{\"batch_pairs\": 128, \"tf32\": false}" -- \
+        "$BIN" bench train --device "$DEVICE" "${BENCH_SHAPE[@]}" --steps "$BENCH_STEPS" --json
+    stage bench-128-tf32 45 50 "{\"batch_pairs\": 128, \"tf32\": true}" -- \
+        "$BIN" --tf32 bench train --device "$DEVICE" "${BENCH_SHAPE[@]}" --steps "$BENCH_STEPS" --json
 fi
 
-# ---- torch: the PyTorch reference on the same device ----
-for i in "${!BATCHES[@]}"; do
-    b=${BATCHES[$i]}
-    s=${BENCH_STEPS[$i]}
-    stage "torch-$b-f32" 60 0 "{\"batch_pairs\": $b, \"tf32\": false}" -- \
-        "$PYTHON" "$BUNDLE/torch_koch.py" --device "$DEVICE" --batch-pairs "$b" --steps "$s"
-    if [[ $DEVICE == cuda ]]; then
-        stage "torch-$b-tf32" 60 0 "{\"batch_pairs\": $b, \"tf32\": true}" -- \
-            "$PYTHON" "$BUNDLE/torch_koch.py" --device cuda --tf32 --batch-pairs "$b" --steps "$s"
-    fi
-done
+# ---- torch: the PyTorch reference of Koch's network on the same device ----
+stage torch-128-f32 45 25 "{\"batch_pairs\": 128, \"tf32\": false}" -- \
+    "$PYTHON" "$BUNDLE/torch_koch.py" --device "$DEVICE" --batch-pairs 128 --steps "$BENCH_STEPS"
+if [[ $DEVICE == cuda ]]; then
+    stage torch-128-tf32 45 0 "{\"batch_pairs\": 128, \"tf32\": true}" -- \
+        "$PYTHON" "$BUNDLE/torch_koch.py" --device cuda --tf32 --batch-pairs 128 --steps "$BENCH_STEPS"
+fi
 
 if [[ -n $SMI_PID ]]; then
     kill "$SMI_PID" 2>/dev/null
@@ -306,7 +338,7 @@ for r in rows:
     keys = ["impl", "train_pairs_per_s", "embed_images_per_s", "peak_rss_mib",
             "reason", "step", "best", "accuracy", "correct", "trials", "ci95_low", "ci95_high"]
     parts = [f"{k}={res[k]}" for k in keys if isinstance(res, dict) and k in res]
-    for k in ("missing_libraries", "version", "max_minutes", "tf32"):
+    for k in ("missing_libraries", "version", "preset", "rate", "need_s", "max_minutes", "tf32"):
         if k in r:
             parts.append(f"{k}={r[k]}")
     print(f"{r['stage']:<18} {r['status']:<8} {r['seconds']:>5.0f}  {' '.join(parts)}")

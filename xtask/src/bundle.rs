@@ -2,8 +2,9 @@
 //!
 //! The device machine receives the working tree and the folders named in `carry`, 64
 //! MiB in all, and reaches nothing else (`../shared` stays behind). The bundle holds
-//! what the run needs: the CUDA binary compressed with xz, the Omniglot zips (the run
-//! extracts and verifies them through `--mirror`), a copy of the PyTorch baseline
+//! what the run needs: the CUDA binary compressed with xz, the Omniglot zips and the
+//! MNIST test set's gzip files (the run extracts and verifies them through `--mirror`
+//! and `--mnist-mirror`), a copy of the PyTorch baseline
 //! `torch_koch.py`, the run script (`xtask/scripts/device_run.sh`) and a manifest. It
 //! is written beside its final place and renamed into place once complete.
 
@@ -16,6 +17,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use siamese_data::mnist::{MNIST_MIRROR_ENV, MNIST_TEST_FILES};
 use siamese_data::{MIRROR_ENV, OmniglotSet};
 
 use crate::cuda::CUDA_TARGET_DIR;
@@ -37,6 +39,10 @@ pub struct BundleArgs {
     /// ../shared/omniglot beside the workspace].
     #[arg(long, value_name = "DIR")]
     pub mirror: Option<PathBuf>,
+    /// Folder holding the MNIST test set's gzip files [default: $MNIST_MIRROR, else
+    /// ../shared/mnist beside the workspace].
+    #[arg(long, value_name = "DIR")]
+    pub mnist_mirror: Option<PathBuf>,
     /// The PyTorch baseline [default: ../shared/bench/torch_koch.py beside the
     /// workspace].
     #[arg(long, value_name = "FILE")]
@@ -59,8 +65,9 @@ pub struct Entry {
 }
 
 /// The files copied as they are: the Omniglot zips of the standard sets (under
-/// `omniglot/`, the run's `--mirror`) and the PyTorch baseline.
-pub fn plan(mirror: &Path, torch_script: &Path) -> Vec<Entry> {
+/// `omniglot/`, the run's `--mirror`), the MNIST test set's gzip files (under
+/// `mnist/`, its `--mnist-mirror`) and the PyTorch baseline.
+pub fn plan(mirror: &Path, mnist_mirror: &Path, torch_script: &Path) -> Vec<Entry> {
     let mut entries: Vec<Entry> = OmniglotSet::STANDARD
         .iter()
         .map(|set| Entry {
@@ -68,6 +75,10 @@ pub fn plan(mirror: &Path, torch_script: &Path) -> Vec<Entry> {
             name: format!("omniglot/{}", set.zip_name()),
         })
         .collect();
+    entries.extend(MNIST_TEST_FILES.iter().map(|f| Entry {
+        source: mnist_mirror.join(f.gz_name),
+        name: format!("mnist/{}", f.gz_name),
+    }));
     entries.push(Entry {
         source: torch_script.to_path_buf(),
         name: "torch_koch.py".into(),
@@ -146,23 +157,25 @@ pub fn device_bundle(root: &Path, args: &BundleArgs) -> Result<()> {
             binary.display()
         );
     }
-    let mirror = match &args.mirror {
+    let mirror_or = |flag: &Option<PathBuf>, env: &str, shared: &str| match flag {
         Some(m) => m.clone(),
-        None => match std::env::var_os(MIRROR_ENV).filter(|v| !v.is_empty()) {
+        None => match std::env::var_os(env).filter(|v| !v.is_empty()) {
             Some(m) => PathBuf::from(m),
-            None => root.join("../shared/omniglot"),
+            None => root.join("../shared").join(shared),
         },
     };
+    let mirror = mirror_or(&args.mirror, MIRROR_ENV, "omniglot");
+    let mnist_mirror = mirror_or(&args.mnist_mirror, MNIST_MIRROR_ENV, "mnist");
     let torch_script = args
         .torch_script
         .clone()
         .unwrap_or_else(|| root.join("../shared/bench/torch_koch.py"));
-    let entries = plan(&mirror, &torch_script);
+    let entries = plan(&mirror, &mnist_mirror, &torch_script);
     for e in &entries {
         if !e.source.is_file() {
             bail!(
-                "{} not found (for {} of the bundle; see --mirror / ${MIRROR_ENV} and \
-                 --torch-script)",
+                "{} not found (for {} of the bundle; see --mirror / ${MIRROR_ENV}, \
+                 --mnist-mirror / ${MNIST_MIRROR_ENV} and --torch-script)",
                 e.source.display(),
                 e.name
             );
@@ -178,8 +191,7 @@ pub fn device_bundle(root: &Path, args: &BundleArgs) -> Result<()> {
         fs::remove_dir_all(&staging)
             .with_context(|| format!("cannot remove {}", staging.display()))?;
     }
-    fs::create_dir_all(staging.join("omniglot"))
-        .with_context(|| format!("cannot create {}", staging.display()))?;
+    fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
 
     let bytes = fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
     let cuda_linked = links_libcuda(&bytes);
@@ -232,6 +244,10 @@ pub fn device_bundle(root: &Path, args: &BundleArgs) -> Result<()> {
 
     for e in &entries {
         let dest = staging.join(&e.name);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
         fs::copy(&e.source, &dest)
             .with_context(|| format!("cannot copy {} to {}", e.source.display(), dest.display()))?;
     }
@@ -396,8 +412,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_plan_holds_the_three_zips_and_the_baseline() {
-        let e = plan(Path::new("/m"), Path::new("/b/torch_koch.py"));
+    fn the_plan_holds_the_three_zips_mnist_and_the_baseline() {
+        let e = plan(
+            Path::new("/m"),
+            Path::new("/d"),
+            Path::new("/b/torch_koch.py"),
+        );
         let names: Vec<&str> = e.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
@@ -405,10 +425,13 @@ mod tests {
                 "omniglot/images_background.zip",
                 "omniglot/images_evaluation.zip",
                 "omniglot/all_runs.zip",
+                "mnist/t10k-images-idx3-ubyte.gz",
+                "mnist/t10k-labels-idx1-ubyte.gz",
                 "torch_koch.py"
             ]
         );
         assert_eq!(e[0].source, Path::new("/m/images_background.zip"));
+        assert_eq!(e[3].source, Path::new("/d/t10k-images-idx3-ubyte.gz"));
     }
 
     #[test]
@@ -453,12 +476,13 @@ mod tests {
             "timeout --kill-after",
             "results.jsonl",
             "--mirror \"$MIRROR\"",
+            "--mnist-mirror \"$MNIST_MIRROR\"",
             "torch_koch.py",
-            "--preset paper",
+            "long:long:0 default:default:0",
+            "--preset \"$preset\"",
             "--lake-runs",
             "--way 20",
-            "--batch-pairs \"$b\"",
-            "BATCHES=(128 512)",
+            "--mnist \"$MNIST\"",
             "--dry-run",
         ] {
             assert!(RUN_SCRIPT.contains(needle), "run.sh lacks {needle:?}");
@@ -468,9 +492,7 @@ mod tests {
             "summary.txt",
             "run.log",
             "env.txt",
-            "metrics.jsonl",
-            "loss.png",
-            "validation.png",
+            "runs.tar",
         ];
         assert!(outputs.len() <= 8);
         for o in outputs {

@@ -12,7 +12,7 @@ use siamese_data::user_image::Fit;
 use siamese_data::{OmniglotSet, Part, SplitName};
 use siamese_eval::{
     EvalOptions, EvalReport, MNIST_TRIALS, ModifiedHausdorff, OneShotScorer, PixelNn, Protocol,
-    TrialSet, evaluate, koch_trial_count, save_sheet, siamese_scorer_shifted,
+    TrialSet, adapt_batch_norm, evaluate, koch_trial_count, save_sheet, siamese_scorer_shifted,
 };
 use siamese_model::{SiameseNet, select_device};
 
@@ -120,6 +120,12 @@ pub struct EvalArgs {
     /// default preset (README, "Results"); it costs five embeddings per image.
     #[arg(long, value_name = "PIXELS", default_value_t = 1)]
     pub tta_shift: usize,
+    /// AdaBN: take batch norm's statistics from the images of the trials (all of
+    /// them, without labels) instead of the training images. Outside Koch's
+    /// protocol, which scores each trial on its own; the report's method says so.
+    /// Batch-normalised towers only.
+    #[arg(long)]
+    pub adapt_bn: bool,
     /// Images per embedding batch.
     #[arg(long, default_value_t = 128)]
     pub batch: usize,
@@ -144,22 +150,38 @@ pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
     if args.mnist.is_some() && args.trials == Some(0) {
         bail!("--trials must be at least 1");
     }
+    if args.adapt_bn && args.method != Method::Siamese {
+        bail!("--adapt-bn adapts a network's batch norm: use it with --method siamese");
+    }
     match args.method {
         Method::Siamese => {
             let (net, path) = load_model(args.model.as_deref(), &args.device)?;
-            let name = match args.tta_shift {
-                0 => format!("siamese {}", path.display()),
-                s => format!(
-                    "siamese {} (mean features over ±{s} px shifts)",
-                    path.display()
-                ),
-            };
-            run_with(
-                &siamese_scorer_shifted(&net, &name, args.tta_shift),
-                args,
-                net.config().input_size,
-                progress,
-            )
+            let mut name = format!("siamese {}", path.display());
+            if args.tta_shift > 0 {
+                name += &format!(" (mean features over ±{} px shifts)", args.tta_shift);
+            }
+            if args.adapt_bn {
+                name += " (batch norm adapted to the trials' images)";
+            }
+            let side = net.config().input_size;
+            run_with(args, side, progress, |set, options| {
+                if !args.adapt_bn {
+                    let scorer = siamese_scorer_shifted(&net, &name, args.tta_shift);
+                    return finish(&scorer, set, options, args);
+                }
+                let images: Vec<_> = set.images.iter().map(|i| i.image).collect();
+                let adapted = adapt_batch_norm(&net, &images, args.batch).context("--adapt-bn")?;
+                tracing::info!(
+                    "batch norm adapted to the {} images of the trials",
+                    images.len()
+                );
+                finish(
+                    &siamese_scorer_shifted(&adapted, &name, args.tta_shift),
+                    set,
+                    options,
+                    args,
+                )
+            })
         }
         Method::Hausdorff => {
             // Omniglot's images are 1-bit, where any threshold gives the same points;
@@ -171,18 +193,23 @@ pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
             } else {
                 ModifiedHausdorff::default()
             };
-            run_with(&scorer, args, MNIST_SIDE, progress)
+            run_with(args, MNIST_SIDE, progress, |set, options| {
+                finish(&scorer, set, options, args)
+            })
         }
-        Method::PixelNn => run_with(&PixelNn, args, MNIST_SIDE, progress),
+        Method::PixelNn => run_with(args, MNIST_SIDE, progress, |set, options| {
+            finish(&PixelNn, set, options, args)
+        }),
     }
 }
 
+/// Builds the trial set that `args` asks for and reports what `score` makes of it.
 /// `side`: the method's input side, which MNIST digits are fitted to.
-fn run_with<S: OneShotScorer>(
-    scorer: &S,
+fn run_with(
     args: &EvalArgs,
     side: usize,
     progress: bool,
+    score: impl Fn(&TrialSet<'_>, &EvalOptions) -> Result<EvalReport>,
 ) -> Result<()> {
     let options = EvalOptions {
         embed_batch: args.batch,
@@ -219,7 +246,7 @@ fn run_with<S: OneShotScorer>(
             fit.name(),
             side,
         )?;
-        finish(scorer, &set, &options, args)?
+        score(&set, &options)?
     } else if let Some(dir) = &args.lake_runs {
         let dir = match dir {
             Some(dir) => dir.clone(),
@@ -231,7 +258,7 @@ fn run_with<S: OneShotScorer>(
         let runs = load_runs(&dir)
             .with_context(|| format!("loading Lake's runs from {}", dir.display()))?;
         let set = TrialSet::lake(&runs)?.with_data_label(dir.display().to_string());
-        finish(scorer, &set, &options, args)?
+        score(&set, &options)?
     } else {
         let part = args.split;
         if part == Part::Train {
@@ -260,7 +287,7 @@ fn run_with<S: OneShotScorer>(
             TrialSet::tasks(&data, spec, trials, args.seed)?
         };
         let set = set.with_data_label(format!("{split}/{part}"));
-        finish(scorer, &set, &options, args)?
+        score(&set, &options)?
     };
     print_report(&report, args.json)
 }

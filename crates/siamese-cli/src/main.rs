@@ -102,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// The settings that come from the environment (the libraries read none): the
-/// plots' font and, for measurements, the convolution algorithm.
+/// plots' font and, for measurements, the convolution algorithm and the stock ops.
 fn read_environment() {
     if let Some(font) = std::env::var_os("SIAMESE_PLOT_FONT").filter(|v| !v.is_empty()) {
         siamese_train::plot::prefer_font_file(font.into());
@@ -111,6 +111,16 @@ fn read_environment() {
         match value.parse::<siamese_model::cpu_ops::ConvAlgo>() {
             Ok(algo) => siamese_model::cpu_ops::set_conv_algo(algo),
             Err(e) => tracing::warn!("SIAMESE_CONV_ALGO: {e}; using auto"),
+        }
+    }
+    match std::env::var("SIAMESE_CPU_OPS").as_deref() {
+        Ok("stock") => {
+            siamese_model::cpu_ops::use_stock_ops(true);
+            tracing::info!("SIAMESE_CPU_OPS=stock: candle's stock operations, as on a GPU");
+        }
+        Ok("fused") | Ok("") | Err(_) => {}
+        Ok(other) => {
+            tracing::warn!("SIAMESE_CPU_OPS={other}: expected stock or fused; using fused")
         }
     }
 }

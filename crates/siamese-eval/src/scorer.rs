@@ -147,6 +147,16 @@ where
 }
 
 impl<E, S> CandleScorer<E, S> {
+    /// The `(n, 1, s, s)` tensor on the scorer's device that [`OneShotScorer::embed`]
+    /// gives the network for these images (shrunk to the input size, ink = 1.0).
+    pub fn input_tensor(&self, images: &[&GrayImage]) -> Result<Tensor, EvalError> {
+        let shrunk = self.shrink_to_input(images)?;
+        Ok(match &shrunk {
+            Some(shrunk) => images_to_tensor(&shrunk.iter().collect::<Vec<_>>(), &self.device)?,
+            None => images_to_tensor(images, &self.device)?,
+        })
+    }
+
     /// The images shrunk to the input size, or `None` when they have it (or none is
     /// set).
     fn shrink_to_input(&self, images: &[&GrayImage]) -> Result<Option<Vec<GrayImage>>, EvalError> {
@@ -185,11 +195,7 @@ where
     }
 
     fn embed(&self, images: &[&GrayImage]) -> Result<Tensor, EvalError> {
-        let shrunk = self.shrink_to_input(images)?;
-        let x = match &shrunk {
-            Some(shrunk) => images_to_tensor(&shrunk.iter().collect::<Vec<_>>(), &self.device)?,
-            None => images_to_tensor(images, &self.device)?,
-        };
+        let x = self.input_tensor(images)?;
         let features = (self.embed)(&x)?;
         if features.rank() < 1 || features.rows() != images.len() {
             return Err(EvalError::method(

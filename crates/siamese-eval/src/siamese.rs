@@ -1,9 +1,10 @@
 //! The trained network as a one-shot method.
 
+use siamese_data::GrayImage;
 use siamese_model::SiameseNet;
 
-use crate::OneShotScorer;
 use crate::scorer::CandleScorer;
+use crate::{EvalError, OneShotScorer};
 
 /// The network as a [`OneShotScorer`]: the tower embeds each image once, the head
 /// scores (query, candidate) pairs of embeddings; the score is the head's logit.
@@ -46,4 +47,30 @@ pub fn siamese_scorer_shifted<'a>(
         },
     )
     .with_input_size(net.config().input_size)
+}
+
+/// AdaBN for an evaluation: `net` with batch norm's statistics taken from `images`
+/// (prepared as the scorer prepares them: shrunk to the input size), `batch` at a
+/// time, instead of from the training images ([`SiameseNet::with_batch_norm_adapted_to`]).
+/// It uses the images without their labels, but all of them together: a transductive
+/// step outside Koch's protocol, reported as such.
+pub fn adapt_batch_norm(
+    net: &SiameseNet,
+    images: &[&GrayImage],
+    batch: usize,
+) -> Result<SiameseNet, EvalError> {
+    const NAME: &str = "batch-norm adaptation";
+    if images.is_empty() {
+        return Err(EvalError::method(NAME, "no images to adapt to"));
+    }
+    let identity = |x: &candle_core::Tensor| Ok(x.clone());
+    let prepare = CandleScorer::new(NAME, net.device().clone(), identity, |a, _| Ok(a.clone()))
+        .with_input_size(net.config().input_size);
+    let parts = images
+        .chunks(batch.max(1))
+        .map(|chunk| prepare.input_tensor(chunk))
+        .collect::<Result<Vec<_>, _>>()?;
+    let x = candle_core::Tensor::cat(&parts, 0)?;
+    net.with_batch_norm_adapted_to(&x, batch)
+        .map_err(|e| EvalError::method(NAME, e.to_string()))
 }

@@ -59,6 +59,11 @@ pub enum ModelError {
         input_size: usize,
     },
 
+    /// Batch norm's statistics cannot be adapted: the tower has no batch norm, or no
+    /// images (or a batch of none) were given.
+    #[error("cannot adapt batch norm: {0}")]
+    BatchNormAdaptation(String),
+
     /// Images of the wrong shape given to the network.
     #[error("expected images of shape (n, 1, {input_size}, {input_size}), got {found:?}")]
     InputShape {

@@ -84,6 +84,19 @@ impl BnBlock {
         }
         Ok(out)
     }
+
+    /// The batch statistics of this block's convolution output over `x`: per-channel
+    /// mean and biased variance, and how many values each channel had (n × h × w).
+    fn batch_stats(&self, x: &Tensor) -> candle_core::Result<(Vec<f64>, Vec<f64>, f64)> {
+        use crate::cpu_ops::{BatchNormStats, conv_bn_relu_pool2x2};
+        let (k, g, b) = (&self.kernel, &self.gamma, &self.beta);
+        let batch = BatchNormStats::Batch;
+        let (_, stats) = conv_bn_relu_pool2x2(&x.detach(), k, g, b, 1, batch, BN_EPS, false)?;
+        let (mean, var) =
+            stats.ok_or_else(|| candle_core::Error::Msg("batch norm gave no statistics".into()))?;
+        let (n, _, h, w) = x.dims4()?;
+        Ok((mean, var, (n * h * w) as f64))
+    }
 }
 
 /// One tower. Both images of a pair go through the same tower (the weights are
@@ -348,6 +361,84 @@ impl SiameseNet {
         SiameseNet::build(self.config, params, self.tower.running())
     }
 
+    /// AdaBN (Li et al., 2016): the same network (detached) with each batch-norm
+    /// block's running statistics replaced by the statistics of its convolution's
+    /// output over `images` `(n, 1, s, s)`, block by block (each block's inputs come
+    /// through the blocks before it, already adapted), `batch` images at a time; the
+    /// variance is stored unbiased, as training stores it. The statistics are exact
+    /// over all the images, whatever `batch` is. This network is left as it is. For
+    /// Koch's towers, which have no batch norm, it is an error.
+    pub fn with_batch_norm_adapted_to(
+        &self,
+        images: &Tensor,
+        batch: usize,
+    ) -> Result<Self, ModelError> {
+        let Tower::ConvBn { blocks } = &self.tower else {
+            return Err(ModelError::BatchNormAdaptation(format!(
+                "the {} tower has none (only the batch-normalised towers have it)",
+                self.config.arch
+            )));
+        };
+        let n = self.check_input(images)?;
+        if n == 0 || batch == 0 {
+            return Err(ModelError::BatchNormAdaptation(
+                "it needs at least one image, and a batch of at least one".into(),
+            ));
+        }
+        let running: Vec<_> = self
+            .running_stats()
+            .into_iter()
+            .map(|r| Arc::new(RwLock::new(r)))
+            .collect();
+        let adapted = {
+            let detached = self.detach();
+            SiameseNet::build(self.config, detached.params, running.clone())?
+        };
+        let Tower::ConvBn {
+            blocks: adapted_blocks,
+        } = &adapted.tower
+        else {
+            unreachable!("the same architecture");
+        };
+        let dtype = self.params[0].1.dtype();
+        for (k, block) in blocks.iter().enumerate() {
+            let channels = running[k]
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .mean
+                .len();
+            let (mut sum, mut sum_sq, mut count) = (vec![0.0; channels], vec![0.0; channels], 0.0);
+            for start in (0..n).step_by(batch) {
+                let mut x = images
+                    .narrow(0, start, batch.min(n - start))?
+                    .to_device(self.device())?
+                    .to_dtype(dtype)?;
+                for earlier in &adapted_blocks[..k] {
+                    x = earlier.forward_t(&x, false)?;
+                }
+                let (mean, var, c) = block.batch_stats(&x)?;
+                for ch in 0..channels {
+                    sum[ch] += c * mean[ch];
+                    sum_sq[ch] += c * (var[ch] + mean[ch] * mean[ch]);
+                }
+                count += c;
+            }
+            let unbias = if count > 1.0 {
+                count / (count - 1.0)
+            } else {
+                1.0
+            };
+            let mut stats = running[k].write().unwrap_or_else(|e| e.into_inner());
+            for ch in 0..channels {
+                let mean = sum[ch] / count;
+                let var = (sum_sq[ch] / count - mean * mean).max(0.0);
+                stats.mean[ch] = mean as f32;
+                stats.var[ch] = (var * unbias) as f32;
+            }
+        }
+        Ok(adapted)
+    }
+
     /// Embeds `images` `(n, 1, s, s)` (s the configured input size; ink 1.0, background
     /// 0.0) into `(n, d)` features ([`embed_dim`](Self::embed_dim)), in inference
     /// mode (batch norm by its running statistics). Images of another dtype than the
@@ -363,7 +454,8 @@ impl SiameseNet {
         self.embed_t(images, true)
     }
 
-    fn embed_t(&self, images: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+    /// The number of images in `images`, if they are `(n, 1, s, s)` for this network.
+    fn check_input(&self, images: &Tensor) -> Result<usize, ModelError> {
         let s = self.config.input_size;
         let dims = images.dims();
         if dims.len() != 4 || dims[1] != 1 || dims[2] != s || dims[3] != s {
@@ -372,6 +464,11 @@ impl SiameseNet {
                 found: dims.to_vec(),
             });
         }
+        Ok(dims[0])
+    }
+
+    fn embed_t(&self, images: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        self.check_input(images)?;
         let dtype = self.params[0].1.dtype();
         let images = if images.dtype() == dtype {
             images.clone()

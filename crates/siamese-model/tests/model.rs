@@ -464,3 +464,91 @@ fn the_batch_normalised_family_is_configured_by_width_depth_and_input_size() {
         );
     }
 }
+
+/// AdaBN: the adapted running statistics are the exact statistics of the images,
+/// whatever the batch, so inference with them computes what training mode computes
+/// on the whole set at once; the first block's against a hand computation; the
+/// original network is left alone; Koch's tower has nothing to adapt.
+#[test]
+fn batch_norm_adapts_to_the_statistics_of_given_images() {
+    let config = ModelConfig::new(Arch::CONV4);
+    let (net, _) = SiameseNet::init(config, 11, &Device::Cpu).unwrap();
+    // Shifted and scaled away from the initial statistics (mean 0, variance 1).
+    let x = (images(10, 28, 12) * 3.0)
+        .unwrap()
+        .affine(1.0, 0.5)
+        .unwrap();
+    let before = net.running_stats();
+    let whole = net.with_batch_norm_adapted_to(&x, 10).unwrap();
+    let chunked = net.with_batch_norm_adapted_to(&x, 3).unwrap();
+    assert_eq!(
+        net.running_stats(),
+        before,
+        "the original keeps its statistics"
+    );
+    for (a, b) in whole.running_stats().iter().zip(chunked.running_stats()) {
+        for (u, v) in a.mean.iter().chain(&a.var).zip(b.mean.iter().chain(&b.var)) {
+            assert!((u - v).abs() <= 1e-4 * u.abs().max(1.0), "{u} against {v}");
+        }
+    }
+
+    // Block 1 by hand: the convolution (zero padding 1), then per-channel mean and
+    // unbiased variance over images × positions.
+    let kernel = &net.named_tensors()[0].1;
+    let conv = x.conv2d(kernel, 1, 1, 1, 1).unwrap();
+    let count = (10 * 28 * 28) as f64;
+    let mean = conv.mean_keepdim((0, 2, 3)).unwrap();
+    let var = (conv
+        .broadcast_sub(&mean)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum((0, 2, 3))
+        .unwrap()
+        / (count - 1.0))
+        .unwrap();
+    let mean: Vec<f32> = mean.flatten_all().unwrap().to_vec1().unwrap();
+    let var: Vec<f32> = var.to_vec1().unwrap();
+    let first = &chunked.running_stats()[0];
+    for c in 0..mean.len() {
+        assert!((first.mean[c] - mean[c]).abs() <= 1e-4 * mean[c].abs().max(1.0));
+        assert!((first.var[c] - var[c]).abs() <= 1e-4 * var[c].abs().max(1.0));
+    }
+
+    // Training mode normalises by the batch's own (biased) statistics: the adapted
+    // network's inference agrees up to the unbiasing factor, largest in the last
+    // block (10 images × 3×3 positions: √(90/89), about 0.6%).
+    let adapted = chunked.embed(&x).unwrap();
+    let train_mode = net.detach().embed_train(&x).unwrap();
+    let scale = train_mode
+        .abs()
+        .unwrap()
+        .max_keepdim(1)
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let scale: f32 = scale
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let diff = max_abs_diff(&adapted, &train_mode);
+    assert!(diff <= 1e-2 * scale, "{diff} (features up to {scale})");
+    let unadapted = net.embed(&x).unwrap();
+    let off = max_abs_diff(&unadapted, &train_mode);
+    assert!(off > 10.0 * diff, "unadapted {off}, adapted {diff}");
+
+    let err = koch()
+        .0
+        .with_batch_norm_adapted_to(&images(2, 105, 1), 2)
+        .unwrap_err();
+    assert!(matches!(err, ModelError::BatchNormAdaptation(_)), "{err}");
+    assert!(net.with_batch_norm_adapted_to(&x, 0).is_err());
+    let wrong = images(2, 32, 1);
+    assert!(matches!(
+        net.with_batch_norm_adapted_to(&wrong, 2),
+        Err(ModelError::InputShape { .. })
+    ));
+}

@@ -471,10 +471,23 @@ fn run_bwd3<K: Kernel3, T: Real>(
     Ok((dx, Some(dw), Some(db)))
 }
 
-/// Whether the custom ops handle these tensors: all on the CPU, same dtype, f32/f64.
+/// Whether the custom ops may run at all ([`use_stock_ops`] clears it).
+static CUSTOM_OPS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Makes every later call of this module run candle's stock operations, as on a GPU,
+/// also on the CPU (`false` restores the custom ops): to check and measure, without
+/// a GPU, the path a CUDA or Metal device takes. `siamese-cli` reads it from
+/// `SIAMESE_CPU_OPS=stock`.
+pub fn use_stock_ops(stock: bool) {
+    CUSTOM_OPS.store(!stock, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the custom ops handle these tensors: all on the CPU, same dtype, f32/f64,
+/// and not switched off by [`use_stock_ops`].
 fn fast_path(ts: &[&Tensor]) -> bool {
     let dtype = ts[0].dtype();
-    matches!(dtype, DType::F32 | DType::F64)
+    CUSTOM_OPS.load(std::sync::atomic::Ordering::Relaxed)
+        && matches!(dtype, DType::F32 | DType::F64)
         && ts
             .iter()
             .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == dtype)
