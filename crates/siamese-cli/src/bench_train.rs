@@ -23,7 +23,8 @@ use siamese_train::optim::{Adam, AdamConfig};
 
 #[derive(Debug, Args)]
 pub struct BenchTrainArgs {
-    /// Network: koch (105×105 input) or koch35 (35×35).
+    /// Network: koch (105×105 input), koch35 (35×35), conv4 (28×28) or conv-bn-WIDTHxDEPTH
+    /// (the conv4 family), each at its own input size.
     #[arg(long, default_value = "koch")]
     pub arch: Arch,
     /// Pairs per training batch (twice as many images).
