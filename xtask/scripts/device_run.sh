@@ -9,10 +9,14 @@
 #   setup    unpack the binary, find the CUDA libraries it needs, record the machine
 #   probe    one tiny training step on the device
 #   data     extract and verify Omniglot and the MNIST test set from the bundle
-#   rate     200 episodes of the default preset: the GPU's episodes per second
-#   train-*  the runs that fit in the time left at that rate, in order: `long`
-#            (42,000 episodes), `default` (10,500), `default` seeds 1 and 2; if none
-#            fits, `default` cut by --max-minutes (the cosine then does not finish)
+#   rate     200 episodes of the default preset: the GPU's episodes per second,
+#            alone, then with 4 runs side by side (rate-par1..4)
+#   train-*  the runs that fit in the time left, in order: `long` (42,000 episodes),
+#            `default` (10,500), `default` seeds 1 and 2: all four side by side if
+#            the shared rate lets them finish, else the three seeds of `default`
+#            side by side if `long` does not fit alone, else one after another at
+#            the rate alone; if none fits, `default` cut by --max-minutes (the
+#            cosine then does not finish)
 #   eval-*   each trained run's best checkpoint on Lake's 20 runs, the first one's
 #            also on Koch's test split and MNIST (eval's defaults: 400 trials,
 #            ±1 px shift averaging)
@@ -36,7 +40,7 @@ for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
         -h | --help)
-            sed -n '2,31p' "${BASH_SOURCE[0]}"
+            sed -n '2,33p' "${BASH_SOURCE[0]}"
             exit 0
             ;;
         *)
@@ -89,6 +93,26 @@ RUNS="$WORK/runs"
 
 say() { echo "[run.sh $((SECONDS - START_S))s $(date -u +%T)] $*" | tee -a "$LOG"; }
 remaining() { echo $((BUDGET_S - (SECONDS - START_S))); }
+
+# rate_of RUN_DIR: "EPISODES_PER_S SECONDS_PER_VALIDATION" from a run's metrics,
+# counted from its first logged step (the start, CUDA modules and first batches, apart).
+rate_of() {
+    "$PYTHON" - "$1/metrics.jsonl" 2>>"$LOG" <<'PY' || echo 0 1
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+train = [r for r in rows if r.get("kind") == "train" and r.get("elapsed_s")]
+val = [r["seconds"] for r in rows if r.get("kind") == "validation"]
+a, b = (train[0], train[-1]) if train else ({}, {})
+rate = (b["step"] - a["step"]) / max(b["elapsed_s"] - a["elapsed_s"], 1e-9) if len(train) > 1 else 0
+print(round(rate, 2), round(max(val) if val else 1.0, 3))
+PY
+}
+
+# need_s STEPS RATE VAL_S: seconds a run of STEPS episodes needs at RATE: the
+# episodes, a validation every 500, and 40 s to start and save.
+need_s() {
+    "$PYTHON" -c "r=$2; print(int($1 / r * 1.05 + $1 / 500 * $3 * 1.2 + 40) if r > 0 else 10**9)"
+}
 
 # emit STAGE STATUS SECONDS [STDOUT_FILE] [EXTRA_JSON]: one line of results.jsonl.
 emit() {
@@ -234,52 +258,85 @@ if [[ $SETUP_OK == 1 ]]; then
         --method pixel-nn --trials 10 --json
 
     # ---- rate: episodes per second of the default preset on this device ----
-    # (its own short cosine: only the speed matters here)
+    # (its own short cosine: only the speed matters here). First one process alone,
+    # then PAR processes at once: a small network leaves the GPU mostly idle between
+    # kernel launches, so runs side by side may cost little more than one.
     stage rate 150 400 -- "$BIN" train --device "$DEVICE" "${DATA_FLAGS[@]}" --runs "$RUNS" \
         --name rate --max-steps "$RATE_STEPS" --no-time-limit "${STEP_FLAGS[@]}" --json
-    read -r RATE VAL_S < <("$PYTHON" - "$RUNS/rate/metrics.jsonl" 2>>"$LOG" <<'PY' || echo 0 0
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-train = [r for r in rows if r.get("kind") == "train" and r.get("elapsed_s")]
-val = [r["seconds"] for r in rows if r.get("kind") == "validation"]
-# From the first logged step on: the start (CUDA modules, first batches) is apart.
-a, b = train[0], train[-1]
-rate = (b["step"] - a["step"]) / max(b["elapsed_s"] - a["elapsed_s"], 1e-9) if len(train) > 1 else 0
-print(round(rate, 2), round(max(val) if val else 1.0, 3))
-PY
-)
-    RATE=${RATE:-0} VAL_S=${VAL_S:-1}
-    say "rate: $RATE episodes/s, ${VAL_S}s per validation"
+    read -r RATE VAL_S < <(rate_of "$RUNS/rate")
+    say "rate: $RATE episodes/s alone, ${VAL_S}s per validation"
+    PAR=4
+    pids=()
+    for i in $(seq 1 $PAR); do
+        stage "rate-par$i" 150 330 -- "$BIN" train --device "$DEVICE" "${DATA_FLAGS[@]}" \
+            --runs "$RUNS" --name "rate-par$i" --max-steps "$RATE_STEPS" --no-time-limit \
+            "${STEP_FLAGS[@]}" --json &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    # The slowest of the PAR runs: each one's rate while all PAR share the device.
+    RATE_PAR=$RATE_STEPS VAL_PAR=0
+    for i in $(seq 1 $PAR); do
+        read -r r v < <(rate_of "$RUNS/rate-par$i")
+        RATE_PAR="$("$PYTHON" -c "print(min($RATE_PAR, ${r:-0}))")"
+        VAL_PAR="$("$PYTHON" -c "print(max($VAL_PAR, ${v:-1}))")"
+    done
+    say "rate: $RATE_PAR episodes/s each with $PAR runs side by side, ${VAL_PAR}s per validation"
 
-    # ---- train: the runs that fit at that rate, in this order ----
-    # NAME:PRESET[:SEED]. The long preset first (it was never run on 2 CPU cores);
-    # then the default preset, then more seeds of it, each while time is left.
-    # 25 s stay for each run's evaluation on Lake's runs.
+    # ---- train: the runs that fit, in this order of worth ----
+    # NAME:PRESET:SEED. The long preset first (never run to its end on 2 CPU cores),
+    # then the default preset, then more seeds of it. Side by side when the shared
+    # rate lets the long preset and the three seeds all finish, else the default's
+    # three seeds side by side, else one after another as the rate alone allows.
+    # 85 s stay for the evaluations and the packing.
+    SPECS=(long:long:0 default:default:0 default-s1:default:1 default-s2:default:2)
+    left=$(($(remaining) - 85))
+    need_long_par=$(need_s "${PRESET_STEPS[long]}" "$RATE_PAR" "$VAL_PAR")
+    need_default_par=$(need_s "${PRESET_STEPS[default]}" "$RATE_PAR" "$VAL_PAR")
+    need_long=$(need_s "${PRESET_STEPS[long]}" "$RATE" "$VAL_S")
     TRAINED=()
-    for spec in long:long:0 default:default:0 default-s1:default:1 default-s2:default:2; do
-        IFS=: read -r name preset seed <<<"$spec"
-        steps=${PRESET_STEPS[$preset]}
-        # The episodes, a validation every 500, and 40 s to start and save.
-        need="$("$PYTHON" -c "r=$RATE; print(int($steps / r * 1.05 + $steps / 500 * $VAL_S * 1.2 + 40) if r > 0 else 10**9)")"
-        left=$(($(remaining) - 25 - 60))
-        extra="{\"preset\": \"$preset\", \"seed\": $seed, \"need_s\": $need, \"rate\": $RATE}"
-        if ((need > left)); then
-            say "train-$name: skipped (needs ~${need}s at $RATE/s, ${left}s left)"
-            emit "train-$name" skipped 0 "" "$extra"
-            continue
-        fi
-        step_flag=()
-        [[ $DRY_RUN == 1 ]] && step_flag=(--max-steps "$steps")
-        stage "train-$name" $((need * 2)) 85 "$extra" -- \
+    train_run() { # NAME PRESET SEED NEED MAX_S
+        local name=$1 preset=$2 seed=$3 need=$4 max=$5 step_flag=()
+        [[ $DRY_RUN == 1 ]] && step_flag=(--max-steps "${PRESET_STEPS[$preset]}")
+        stage "train-$name" "$max" 85 \
+            "{\"preset\": \"$preset\", \"seed\": $seed, \"need_s\": $need, \"rate\": $RATE, \"rate_side_by_side\": $RATE_PAR}" -- \
             "$BIN" train --preset "$preset" --seed "$seed" --device "$DEVICE" "${DATA_FLAGS[@]}" \
             --runs "$RUNS" --name "$name" --no-time-limit "${step_flag[@]}" "${STEP_FLAGS[@]}" --json
-        TRAINED+=("$name")
-        stage "eval-$name-lake" 40 60 -- "$BIN" eval --model "$RUNS/$name" --device "$DEVICE" \
-            "${DATA_FLAGS[@]}" --lake-runs "${EVAL_FLAGS[@]}" --json
-    done
+    }
+    side_by_side=()
+    if ((need_long_par <= left)); then
+        side_by_side=("${SPECS[@]}")
+    elif ((need_long > left && need_default_par <= left)); then
+        side_by_side=("${SPECS[@]:1}")
+    fi
+    if ((${#side_by_side[@]})); then
+        say "train: ${#side_by_side[@]} runs side by side (long needs ~${need_long_par}s, default ~${need_default_par}s at $RATE_PAR/s; ${left}s left)"
+        pids=()
+        for spec in "${side_by_side[@]}"; do
+            IFS=: read -r name preset seed <<<"$spec"
+            need=$(need_s "${PRESET_STEPS[$preset]}" "$RATE_PAR" "$VAL_PAR")
+            train_run "$name" "$preset" "$seed" "$need" "$left" &
+            pids+=($!)
+            TRAINED+=("$name")
+        done
+        wait "${pids[@]}"
+    else
+        for spec in "${SPECS[@]}"; do
+            IFS=: read -r name preset seed <<<"$spec"
+            need=$(need_s "${PRESET_STEPS[$preset]}" "$RATE" "$VAL_S")
+            left=$(($(remaining) - 85))
+            if ((need > left)); then
+                say "train-$name: skipped (needs ~${need}s at $RATE/s, ${left}s left)"
+                emit "train-$name" skipped 0 "" "{\"preset\": \"$preset\", \"seed\": $seed, \"need_s\": $need, \"rate\": $RATE}"
+                continue
+            fi
+            train_run "$name" "$preset" "$seed" "$need" $((need * 2))
+            TRAINED+=("$name")
+        done
+    fi
     if ((${#TRAINED[@]} == 0)); then
         # Nothing fits: the default preset cut by the clock (its cosine unfinished).
-        left=$(($(remaining) - 25 - 60))
+        left=$(($(remaining) - 85))
         if ((left > 120)); then
             minutes="$("$PYTHON" -c "print(round(($left - 45) / 60, 2))")"
             say "train-default: cut to $minutes minutes"
@@ -287,10 +344,16 @@ PY
                 "$BIN" train --preset default --device "$DEVICE" "${DATA_FLAGS[@]}" \
                 --runs "$RUNS" --name default --max-minutes "$minutes" "${STEP_FLAGS[@]}" --json
             TRAINED+=(default)
-            stage eval-default-lake 40 60 -- "$BIN" eval --model "$RUNS/default" --device "$DEVICE" \
-                "${DATA_FLAGS[@]}" --lake-runs "${EVAL_FLAGS[@]}" --json
         fi
     fi
+    # Each trained run's best checkpoint on Lake's runs (side by side: each is short).
+    pids=()
+    for name in "${TRAINED[@]}"; do
+        stage "eval-$name-lake" 40 45 -- "$BIN" eval --model "$RUNS/$name" --device "$DEVICE" \
+            "${DATA_FLAGS[@]}" --lake-runs "${EVAL_FLAGS[@]}" --json &
+        pids+=($!)
+    done
+    ((${#pids[@]})) && wait "${pids[@]}"
 
     # ---- the first run on Koch's split and MNIST; every run packed ----
     if ((${#TRAINED[@]})); then
