@@ -43,8 +43,9 @@ pub struct TrainArgs {
     pub config: Option<PathBuf>,
     /// Any setting by its path in the configuration (see --print-config), the value
     /// as JSON or a plain string, e.g. `--set train.optimizer.adam.lr=3e-4`, `--set
-    /// train.objective.episodes.way=30`, `--set train.log_every=50`; a key of another
-    /// variant switches it (`--set train.optimizer.adamw.weight_decay=0.01`).
+    /// train.objective.episodes.way=30`, `--set train.log_every=50`; a field of
+    /// another variant switches it, keeping the settings they share like --optimizer
+    /// (`--set train.optimizer.adamw.weight_decay=0.01` keeps the learning rate).
     /// Repeatable, applied after --config and before the flags below.
     #[arg(long = "set", value_name = "PATH=VALUE", help_heading = "Run")]
     pub settings: Vec<String>,

@@ -815,6 +815,21 @@ impl TrainConfig {
             if path.is_empty() || path.split('.').any(str::is_empty) {
                 return Err(bad(setting, format!("{path:?} is not a dotted path")));
             }
+            // A field of another optimizer or objective switches it first the way
+            // `--optimizer` and `--objective` do, so that the settings the variants
+            // share (Adam's learning rate for AdamW) carry over.
+            let keys: Vec<&str> = path.split('.').collect();
+            if let ["train", kind @ ("optimizer" | "objective"), name, _, ..] = keys[..] {
+                let mut current: TrainConfig =
+                    from_value(value.clone()).map_err(|e| bad(setting, e))?;
+                let t = &mut current.train;
+                if kind == "optimizer" {
+                    t.optimizer = t.optimizer.switched_to(name).map_err(|e| bad(setting, e))?;
+                } else {
+                    t.objective = t.objective.switched_to(name).map_err(|e| bad(setting, e))?;
+                }
+                value = serde_json::to_value(&current).expect("config serialises");
+            }
             let leaf = serde_json::from_str(raw.trim())
                 .unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
             let overlay = path.rsplit('.').fold(leaf, |inner, key| {
@@ -1160,8 +1175,14 @@ mod tests {
                 ..
             }
         ));
-        // A variant switched by its key takes its defaults for the fields not given.
+        // A variant switched by a field's path keeps the settings it shares with the
+        // one before (the preset's learning rate), as `--optimizer` does; one switched
+        // by a whole table takes its defaults for the fields not given.
         let c = set(&["train.optimizer.adamw.weight_decay=0.1"]).unwrap();
+        assert!(
+            matches!(c.train.optimizer, Optimizer::Adamw(w) if w.weight_decay == 0.1 && w.lr == 1e-3)
+        );
+        let c = set(&[r#"train.optimizer={"adamw": {"weight_decay": 0.1}}"#]).unwrap();
         assert!(
             matches!(c.train.optimizer, Optimizer::Adamw(w) if w.weight_decay == 0.1 && w.lr == 6e-5)
         );
@@ -1170,6 +1191,8 @@ mod tests {
             "train.optimizer.adam.nope=1",
             "train.optimizer.adam.lr=fast",
             "train.optimizer.adam.weight_decay=0.1",
+            "train.optimizer.adamm.lr=0.1",
+            "train.objective.episode.way=5",
             "=1",
         ] {
             let err = set(&[wrong]).unwrap_err().to_string();
