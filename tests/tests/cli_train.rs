@@ -32,6 +32,19 @@ fn print_config_resolves_presets_and_flags() {
     assert_eq!(adamw["train"]["objective"]["episodes"]["way"], 30);
     assert_eq!(adamw["model"]["input_size"], 28);
     assert_eq!(default["model"]["input_size"], 32);
+    // The default fits its episodes to its minutes; a step count fixes them.
+    assert_eq!(default["train"]["fit_steps_to_time"], true);
+    assert!(default["train"]["max_steps"].is_null());
+    assert_eq!(default["train"]["max_minutes"], 30.0);
+    assert_eq!(default["train"]["objective"]["episodes"]["mirror"], true);
+    let fixed = config(&["--max-steps", "900", "--no-time-limit"]);
+    assert_eq!(fixed["train"]["max_steps"], 900);
+    let (ok, _, stderr) = run_cli(&["train", "--print-config", "--no-time-limit"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("fit_steps_to_time") && stderr.contains("--max-steps"),
+        "{stderr}"
+    );
     let (ok, _, stderr) = run_cli(&["train", "--print-config", "--optimizer", "rmsprop"]);
     assert!(!ok);
     assert!(

@@ -468,6 +468,7 @@ mod tests {
                 way: 3,
                 queries: 2,
                 rotations: 4,
+                mirror: false,
                 within_alphabet: 0.5,
             }),
         ]
@@ -553,6 +554,7 @@ mod tests {
                 way: 40,
                 queries: 1,
                 rotations: 1,
+                mirror: false,
                 within_alphabet: 0.0,
             }),
         ];

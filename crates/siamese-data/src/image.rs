@@ -350,6 +350,27 @@ impl GrayImage {
         GrayImage::from_pixels(width, height, out)
     }
 
+    /// The image as an episode class sees it ([`crate::sample::Episode::rotations`]):
+    /// mirrored left to right if `code` ≥ 4, then turned `code % 4` quarter turns
+    /// counter-clockwise ([`rotate90`](Self::rotate90)).
+    pub fn turned(&self, code: u8) -> GrayImage {
+        if code & 4 == 0 {
+            return self.rotate90(code);
+        }
+        let (w, h) = (self.width(), self.height());
+        let mut out = Vec::with_capacity(w * h);
+        for row in self.pixels().chunks_exact(w.max(1)).take(h) {
+            out.extend(row.iter().rev());
+        }
+        let mirrored = GrayImage::from_pixels(w, h, out).expect("same pixel count");
+        let mirrored = if self.is_binary() {
+            mirrored.to_binary().expect("the pixels of a binary image")
+        } else {
+            mirrored
+        };
+        mirrored.rotate90(code)
+    }
+
     /// The image turned `quarter_turns` × 90° counter-clockwise (taken modulo 4); an
     /// odd count swaps width and height. A binary image stays binary.
     pub fn rotate90(&self, quarter_turns: u8) -> GrayImage {
@@ -1356,6 +1377,19 @@ mod tests {
         assert_eq!(image.rotate90(0), image);
         assert_eq!(image.rotate90(4), image);
         assert_eq!(image.rotate90(6), twice);
+        // Mirrored: left and right swap, then the same turns.
+        let mirror = image.turned(4);
+        for y in 0..image.height() {
+            for x in 0..image.width() {
+                assert_eq!(
+                    mirror.pixels()[y * image.width() + x],
+                    image.pixels()[y * image.width() + image.width() - 1 - x]
+                );
+            }
+        }
+        assert_eq!(mirror.turned(4), image);
+        assert_eq!(image.turned(5), mirror.rotate90(1));
+        assert_eq!(image.turned(3), thrice);
     }
 
     #[test]

@@ -496,19 +496,24 @@ pub struct EpisodeSpec {
     /// Each character turned by 0 to `rotations - 1` quarter turns is that many
     /// classes (Vinyals et al.'s augmentation): 1 (no rotation) to 4.
     pub rotations: u8,
+    /// Each character's mirror image (left to right), in each of its rotations, is a
+    /// class of its own too: twice the classes.
+    #[serde(default)]
+    pub mirror: bool,
     /// The probability, in [0, 1], that an episode's classes share one alphabet and one
-    /// rotation (the hard negatives of the evaluation tasks) rather than being drawn
-    /// from anywhere.
+    /// rotation (and mirroring) (the hard negatives of the evaluation tasks) rather
+    /// than being drawn from anywhere.
     pub within_alphabet: f64,
 }
 
 /// An episode: class c's support is `images[c * (1 + queries)]`, its queries follow
-/// it; `rotations[i]` quarter turns apply to `images[i]` (each (character, rotation)
-/// is its own class).
+/// it; `rotations[i]` ([`GrayImage::turned`](crate::GrayImage::turned)) applies to
+/// `images[i]` (each (character, rotation, mirroring) is its own class).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Episode {
     pub images: Vec<usize>,
-    /// Counter-clockwise quarter turns of each image, the same within a class.
+    /// Counter-clockwise quarter turns of each image (0 to 3), plus 4 where the image
+    /// is mirrored left to right first; the same within a class.
     pub rotations: Vec<u8>,
     pub way: usize,
     pub queries: usize,
@@ -517,9 +522,10 @@ pub struct Episode {
 }
 
 /// Draws one episode. A character can be a class if it has at least `1 + queries`
-/// images; classes are (character, rotation) with the rotation in
-/// `0..spec.rotations`. With probability `within_alphabet` (one draw per episode) all
-/// classes come from one (alphabet, rotation) group, uniform among the groups whose
+/// images; classes are (character, rotation, mirroring) with the rotation in
+/// `0..spec.rotations` and mirroring only if `spec.mirror`. With probability
+/// `within_alphabet` (one draw per episode) all classes come from one (alphabet,
+/// rotation, mirroring) group, uniform among the groups whose
 /// alphabet has `way` such characters; otherwise they are `way` distinct classes
 /// uniform among all. Each class gets `1 + queries` distinct images of its character
 /// in random order, the first its support.
@@ -532,6 +538,7 @@ pub fn sample_episode(
         way,
         queries,
         rotations,
+        mirror,
         within_alphabet,
     } = *spec;
     let root = index.root().display();
@@ -561,12 +568,18 @@ pub fn sample_episode(
         .collect();
     let total: usize = counts.iter().sum();
     let rot = usize::from(rotations);
-    if total * rot < way {
+    // Transforms per character: the rotations, each also mirrored if asked.
+    let transforms = rot * if mirror { 2 } else { 1 };
+    if total * transforms < way {
         return Err(DataError::Invalid(format!(
             "a {way}-way episode needs {way} classes of characters with {per_class} \
-             images; {root} has {total} such characters × {rotations} rotations"
+             images; {root} has {total} such characters × {transforms} rotations and \
+             mirror images"
         )));
     }
+    // The code of rotation `r` (0..rot), mirrored or not (see `Episode::rotations`);
+    // the mirror is drawn only when asked, so runs without it draw what they did.
+    let transform = |r: usize, mirrored: bool| (r + if mirrored { 4 } else { 0 }) as u8;
     let groups: Vec<usize> = (0..counts.len()).filter(|&a| counts[a] >= way).collect();
     if within_alphabet > 0.0 && groups.is_empty() {
         return Err(DataError::Invalid(format!(
@@ -579,15 +592,17 @@ pub fn sample_episode(
     let mut class_rotations = Vec::with_capacity(way);
     if rng.random::<f64>() < within_alphabet {
         let alphabet = &index.alphabets()[*groups.choose(rng).expect("checked non-empty")];
-        let rotation = rng.random_range(0..rotations);
+        let rotation = usize::from(rng.random_range(0..rotations));
+        let mirrored = mirror && rng.random::<bool>();
         let pool: Vec<usize> = alphabet.characters.clone().filter(eligible).collect();
         characters.extend(pool.choose_multiple(rng, way).copied());
-        class_rotations.resize(way, rotation);
+        class_rotations.resize(way, transform(rotation, mirrored));
     } else {
         let pool: Vec<usize> = (0..index.characters().len()).filter(eligible).collect();
-        for class in rand::seq::index::sample(rng, total * rot, way) {
-            characters.push(pool[class / rot]);
-            class_rotations.push((class % rot) as u8);
+        for class in rand::seq::index::sample(rng, total * transforms, way) {
+            characters.push(pool[class / transforms]);
+            let t = class % transforms;
+            class_rotations.push(transform(t % rot, t >= rot));
         }
     }
     let mut images = Vec::with_capacity(way * per_class);
@@ -794,6 +809,7 @@ mod tests {
             way,
             queries,
             rotations,
+            mirror: false,
             within_alphabet,
         }
     }
@@ -894,6 +910,46 @@ mod tests {
             rotation_hist.iter().all(|&n| (180..=320).contains(&n)),
             "{rotation_hist:?}"
         );
+    }
+
+    #[test]
+    fn mirror_images_are_classes_of_their_own() {
+        let idx = omniglot_like();
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let mirrored = EpisodeSpec {
+            mirror: true,
+            ..spec(5, 1, 2, 0.0)
+        };
+        let mut hist = [0usize; 8];
+        for _ in 0..200 {
+            let e = sample_episode(&idx, &mirrored, &mut rng).unwrap();
+            for (_, r) in classes(&idx, &e) {
+                hist[usize::from(r)] += 1;
+            }
+        }
+        // Two rotations, each plain (0, 1) and mirrored (4, 5): 1000 classes, ~250 each.
+        for (code, &n) in hist.iter().enumerate() {
+            let expected = matches!(code, 0 | 1 | 4 | 5);
+            assert_eq!(n > 0, expected, "{hist:?}");
+            assert!(!expected || (180..=320).contains(&n), "{hist:?}");
+        }
+        // Within an alphabet, the whole episode shares the mirroring and the rotation.
+        let within = EpisodeSpec {
+            mirror: true,
+            ..spec(5, 2, 4, 1.0)
+        };
+        let mut groups = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let e = sample_episode(&idx, &within, &mut rng).unwrap();
+            let classes = classes(&idx, &e);
+            assert!(classes.iter().all(|&(_, r)| r == classes[0].1));
+            groups.insert(classes[0].1);
+        }
+        assert_eq!(groups.len(), 8, "{groups:?}");
+        // Without mirroring, the draws are those of the same seed before mirroring
+        // existed: no mirror code ever appears.
+        let e = sample_episode(&idx, &spec(5, 2, 4, 0.5), &mut rng).unwrap();
+        assert!(e.rotations.iter().all(|&r| r < 4));
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub fn pair_batch(
 }
 
 /// The images of an episode as an `(n, 1, h, w)` f32 tensor (ink = 1.0), in episode
-/// order: each turned by its rotation ([`GrayImage::rotate90`]) and then, given a
+/// order: each turned by its rotation ([`GrayImage::turned`]) and then, given a
 /// distortion and a seed, warped as [`crate::augment::distort_batch`] would at the same
 /// batch position (image `i` by a transform drawn from [`image_rng`]`(seed, i)`).
 /// Done in parallel; the result depends only on the arguments. An error, not a panic,
@@ -148,10 +148,10 @@ pub fn episode_tensor(
             .for_each(|(pos, (out, (&i, &turns)))| {
                 let img = data.image(i);
                 let turned;
-                let img = if turns % 4 == 0 {
+                let img = if turns == 0 {
                     img
                 } else {
-                    turned = img.rotate90(turns);
+                    turned = img.turned(turns);
                     &turned
                 };
                 match distortion {

@@ -38,12 +38,13 @@ pub struct TrainConfig {
 /// 85.0% against 78.5% on Koch's test split).
 pub const DEFAULT_INPUT_SIZE: usize = 32;
 
-/// The episodes (steps) of the default preset: two cores trained them in 26:24 and
-/// 28:43 of wall time at 32×32 (seeds 3 and 0, validations and calibration
-/// included), so that the cosine schedule ends inside the 30-minute budget. A fixed
-/// count rather than the clock makes a run the same function of its seed on every
-/// machine.
-pub const DEFAULT_EPISODES: u64 = 10_500;
+/// The budget of the default preset: its episodes are as many as fit into 90% of it
+/// on the machine it runs on ([`TrainingConfig::fit_steps_to_time`]).
+pub const DEFAULT_MINUTES: f64 = 30.0;
+
+/// The episodes of the `long` preset, a fixed count: the 42,000 it was measured with
+/// (four times the default preset's earlier fixed 10,500).
+pub const LONG_EPISODES: u64 = 42_000;
 
 /// The starting points of a configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -179,7 +180,8 @@ impl Objective {
 }
 
 /// The episodes of [`Objective::Episodes`]: `way` classes, one support and `queries`
-/// queries each; classes are (character, rotation by a multiple of 90°).
+/// queries each; classes are (character, rotation by a multiple of 90°, optionally
+/// mirrored).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EpisodeObjective {
@@ -190,8 +192,11 @@ pub struct EpisodeObjective {
     /// 1 to 4: each character rotated by 0°, 90°, ... is a class of its own (4
     /// quadruples the classes; 1 turns rotations off).
     pub rotations: u8,
-    /// The fraction of episodes drawn from one alphabet and rotation, like the
-    /// one-shot test; the rest from any alphabet.
+    /// Each character's mirror image, in each rotation, is a class of its own too
+    /// (twice the classes).
+    pub mirror: bool,
+    /// The fraction of episodes drawn from one alphabet and rotation (and mirroring),
+    /// like the one-shot test; the rest from any alphabet.
     pub within_alphabet: f64,
     /// Weight of the balanced binary cross-entropy on the episode's query–support
     /// pairs, added to the softmax cross-entropy (0: none). It keeps the head's
@@ -205,6 +210,7 @@ impl Default for EpisodeObjective {
             way: 20,
             queries: 5,
             rotations: 4,
+            mirror: false,
             within_alphabet: 0.5,
             bce_weight: 0.0,
         }
@@ -218,6 +224,7 @@ impl EpisodeObjective {
             way: self.way,
             queries: self.queries,
             rotations: self.rotations,
+            mirror: self.mirror,
             within_alphabet: self.within_alphabet,
         }
     }
@@ -241,6 +248,13 @@ pub struct TrainingConfig {
     /// Stop training after this many minutes of this invocation (a final validation
     /// and checkpoint follow); `null`: no limit.
     pub max_minutes: Option<f64>,
+    /// With no `max_steps`: time a few steps on this machine before the run and set
+    /// `max_steps` to the whole validation intervals that fit into 90% of
+    /// `max_minutes` ([`crate::sizing`]), so that a schedule spanning `max_steps`
+    /// ends in time on any machine. The count is written into the run's
+    /// `config.json`. Configurations without it: `false`.
+    #[serde(default)]
+    pub fit_steps_to_time: bool,
     /// Validate every this many steps; `null`: at the end of every epoch.
     pub validate_every: Option<u64>,
     /// Also validate the initial network before the first step (a baseline line in
@@ -309,12 +323,13 @@ impl TrainConfig {
     /// ([`Arch::CONV4`]) on Omniglot area-resampled to 32×32 ([`DEFAULT_INPUT_SIZE`]:
     /// a 2×2×64 embedding; at 28×28 it is 1×1×64), all 20 drawers of the
     /// background alphabets, trained on 20-way one-shot episodes with 5 queries per
-    /// class ([`EpisodeObjective::default`]: the characters × 4 rotations as classes,
-    /// half the episodes within one alphabet), Adam at 10⁻³ annealed by half a cosine
-    /// to 2% of it over [`DEFAULT_EPISODES`] episodes (26–29 minutes here; the
-    /// 30-minute budget only guards slower machines), an exponential moving average
-    /// of the weights (decay 0.998) validated (Koch's 20-way within-alphabet trials on
-    /// the validation alphabets) every 500 episodes, keeping the best.
+    /// class (the characters × 4 rotations × their mirror images as classes, half the
+    /// episodes within one alphabet), Adam at 10⁻³ annealed by half a cosine to 2% of
+    /// it over as many episodes as fit into 90% of [`DEFAULT_MINUTES`] on this
+    /// machine (timed before the run, [`crate::sizing`]; the count is saved in the
+    /// run's configuration), an exponential moving average of the weights (decay
+    /// 0.998) validated (Koch's 20-way within-alphabet trials on the validation
+    /// alphabets) every 500 episodes, keeping the best.
     pub fn default_preset() -> Self {
         let base = TrainConfig::koch_all_pairs();
         TrainConfig {
@@ -331,18 +346,24 @@ impl TrainConfig {
                 input_size: DEFAULT_INPUT_SIZE,
             },
             train: TrainingConfig {
-                objective: Objective::Episodes(EpisodeObjective::default()),
+                objective: Objective::Episodes(EpisodeObjective {
+                    mirror: true,
+                    ..EpisodeObjective::default()
+                }),
                 optimizer: Optimizer::Adam(AdamSettings {
                     lr: 1e-3,
                     ..AdamSettings::default()
                 }),
-                // Over the run's max_steps: `--max-steps` stretches it too.
+                // Over the run's max_steps, timed to fit the minutes (or given by
+                // `--max-steps`, which the cosine then spans).
                 lr_schedule: LrSchedule::Cosine {
                     steps: None,
                     min_factor: 0.02,
                     warmup: 0,
                 },
-                max_steps: Some(DEFAULT_EPISODES),
+                max_steps: None,
+                max_minutes: Some(DEFAULT_MINUTES),
+                fit_steps_to_time: true,
                 weight_average: WeightAverage::Ema { decay: 0.998 },
                 calibrate: true,
                 epochs: 1000,
@@ -355,15 +376,18 @@ impl TrainConfig {
         }
     }
 
-    /// The default recipe for about two hours: 4 × [`DEFAULT_EPISODES`] episodes
-    /// with the cosine stretched over them, a 120-minute guard.
+    /// The default recipe as it was measured for about two hours: [`LONG_EPISODES`]
+    /// episodes with the cosine stretched over them, a 120-minute guard, no mirror
+    /// images as classes.
     pub fn long() -> Self {
         let d = TrainConfig::default_preset();
         TrainConfig {
             preset: Preset::Long,
             train: TrainingConfig {
+                objective: Objective::Episodes(EpisodeObjective::default()),
                 max_minutes: Some(120.0),
-                max_steps: Some(4 * DEFAULT_EPISODES),
+                max_steps: Some(LONG_EPISODES),
+                fit_steps_to_time: false,
                 ..d.train
             },
             ..d
@@ -402,6 +426,7 @@ impl TrainConfig {
                 steps_per_epoch: Some(50),
                 max_steps: None,
                 max_minutes: Some(30.0),
+                fit_steps_to_time: false,
                 validate_every: None,
                 validate_at_start: false,
                 patience: 10,
@@ -463,6 +488,7 @@ impl TrainConfig {
                 steps_per_epoch: None,
                 max_steps: None,
                 max_minutes: None,
+                fit_steps_to_time: false,
                 validate_every: None,
                 patience: 20,
                 checkpoint_every: Some(1000),
@@ -500,6 +526,7 @@ impl TrainConfig {
                 steps_per_epoch: Some(1000),
                 max_steps: None,
                 max_minutes: None,
+                fit_steps_to_time: false,
                 validate_every: Some(100),
                 patience: 0,
                 checkpoint_every: Some(1000),
@@ -637,7 +664,16 @@ impl TrainConfig {
             Some(0) => return bad("train.steps_per_epoch must be at least 1".into()),
             _ => {}
         }
-        if let Err(e) = t.lr_schedule.validate(t.max_steps) {
+        if t.steps_sized_by_time() && t.max_minutes.is_none() {
+            return bad(
+                "train.fit_steps_to_time needs train.max_minutes (the time to fit the steps \
+                 into): give a time limit, or a step count (train.max_steps, --max-steps)"
+                    .into(),
+            );
+        }
+        // A run sized by time has its max_steps before the first step.
+        let run_steps = t.max_steps.or(t.steps_sized_by_time().then_some(u64::MAX));
+        if let Err(e) = t.lr_schedule.validate(run_steps) {
             return bad(e);
         }
         if let Err(e) = t.weight_average.validate() {
@@ -850,6 +886,7 @@ impl TrainConfig {
         "train.epochs",
         "train.max_steps",
         "train.max_minutes",
+        "train.fit_steps_to_time",
         "train.patience",
         "train.validate_at_start",
         "train.checkpoint_every",
@@ -1002,8 +1039,18 @@ mod tests {
         assert_eq!(default.model.input_size, DEFAULT_INPUT_SIZE);
         assert_eq!(default.train.optimizer.name(), "adam");
         assert!(default.train.calibrate && !default.data.distort);
-        // A cosine over a fixed number of episodes, the weights averaged.
-        assert_eq!(default.train.max_steps, Some(DEFAULT_EPISODES));
+        // A cosine over the episodes that fit into the minutes, the weights averaged.
+        assert_eq!(default.train.max_steps, None);
+        assert!(default.train.steps_sized_by_time());
+        assert_eq!(default.train.max_minutes, Some(DEFAULT_MINUTES));
+        assert!(matches!(
+            default.train.objective,
+            Objective::Episodes(EpisodeObjective {
+                mirror: true,
+                rotations: 4,
+                ..
+            })
+        ));
         assert!(matches!(
             default.train.lr_schedule,
             LrSchedule::Cosine { steps: None, .. }
@@ -1015,7 +1062,12 @@ mod tests {
         default.validate().unwrap();
         let long = TrainConfig::long();
         assert_eq!(long.train.max_minutes, Some(120.0));
-        assert_eq!(long.train.max_steps, Some(4 * DEFAULT_EPISODES));
+        assert_eq!(long.train.max_steps, Some(LONG_EPISODES));
+        assert!(!long.train.steps_sized_by_time());
+        assert_eq!(
+            long.train.objective,
+            Objective::Episodes(EpisodeObjective::default())
+        );
         assert_eq!(
             (long.model, long.data),
             (default.model, default.data.clone())
@@ -1203,8 +1255,10 @@ mod tests {
             .to_string();
         assert!(err.contains("way"), "{err}");
 
-        // A resume may change how long a run goes on, not what a step computes.
-        let saved = TrainConfig::default_preset();
+        // A resume may change how long a run goes on, not what a step computes. (A
+        // run of the default preset saves the step count it was sized to.)
+        let mut saved = TrainConfig::default_preset();
+        saved.train.max_steps = Some(10_500);
         let mut longer = saved.clone();
         longer.train.max_minutes = Some(60.0);
         longer.train.threads = Some(1);
@@ -1223,19 +1277,19 @@ mod tests {
         );
         // The default's cosine spans the step limit: raising it changes the schedule
         // unless the cosine has a length of its own.
-        longer.train.max_steps = Some(2 * DEFAULT_EPISODES);
+        longer.train.max_steps = Some(21_000);
         assert_eq!(
             longer.fixed_changes(&saved),
             ["train.max_steps (the cosine schedule spans it)"]
         );
         let mut own_length = saved.clone();
         own_length.train.lr_schedule = LrSchedule::Cosine {
-            steps: Some(DEFAULT_EPISODES),
+            steps: Some(10_500),
             min_factor: 0.02,
             warmup: 0,
         };
         let mut own_longer = own_length.clone();
-        own_longer.train.max_steps = Some(2 * DEFAULT_EPISODES);
+        own_longer.train.max_steps = Some(21_000);
         assert!(own_longer.fixed_changes(&own_length).is_empty());
 
         // Another variant of an enum with fields replaces the preset's; the same

@@ -18,6 +18,7 @@
 //! * [`data`]: the data of a run and the sampler of its batches (the batches are
 //!   made in [`siamese_data::batch`], each a function of the seed and the step
 //!   number only, so resuming needs only the step);
+//! * [`sizing`]: a run's step count fitted to its time budget on this machine;
 //! * [`train`]: the loop, validating by 20-way within-alphabet one-shot accuracy
 //!   (Koch's construction on the split's validation part), keeping the best
 //!   checkpoint, stopping early, on a time budget, on Ctrl-C ([`TrainOptions::stop`])
@@ -39,12 +40,13 @@ pub mod optim;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod sizing;
 mod trainer;
 
 pub use average::{WeightAverage, WeightEma};
 pub use config::{
-    DEFAULT_EPISODES, DEFAULT_INPUT_SIZE, DataConfig, EpisodeObjective, Objective, Preset,
-    TrainConfig, TrainingConfig,
+    DEFAULT_INPUT_SIZE, DEFAULT_MINUTES, DataConfig, EpisodeObjective, LONG_EPISODES, Objective,
+    Preset, TrainConfig, TrainingConfig,
 };
 pub use data::TrainData;
 pub use error::TrainError;

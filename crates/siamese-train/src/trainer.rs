@@ -26,6 +26,7 @@ use crate::metrics::{MetricLine, MetricsLog, round3};
 use crate::plot::draw_plots;
 use crate::run::{BestScore, RunDir, TrainState, load_checkpoint, save_checkpoint};
 use crate::schedule::RunOptimizer;
+use crate::sizing::fit_steps_to_time;
 
 /// A callback of [`TrainOptions::observer`].
 pub type StepObserver = Arc<dyn Fn(&StepReport) + Send + Sync>;
@@ -180,13 +181,18 @@ pub fn train(
     options: &TrainOptions,
 ) -> Result<TrainOutcome, TrainError> {
     config.validate()?;
+    // A run sized by time is timed on the threads it will train on.
+    let sized_run = || {
+        let (config, _) = fit_steps_to_time(config, data)?;
+        Trainer::new(run, &config, data, options)?.run()
+    };
     match config.train.threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
             .map_err(|e| TrainError::Config(format!("train.threads = {n}: {e}")))?
-            .install(|| Trainer::new(run, config, data, options)?.run()),
-        None => Trainer::new(run, config, data, options)?.run(),
+            .install(sized_run),
+        None => sized_run(),
     }
 }
 

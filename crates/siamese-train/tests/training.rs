@@ -80,7 +80,7 @@ fn tiny_paper_config() -> TrainConfig {
 }
 
 /// The default recipe in miniature: a batch-normalised tower (8 filters, 2 blocks)
-/// trained on 3-way episodes with 2 queries, rotations as classes, Koch's
+/// trained on 3-way episodes with 2 queries, rotations and mirror images as classes, Koch's
 /// distortions, the balanced BCE term, the learning rate halved every 2 steps, and
 /// the calibration at the end.
 fn tiny_episodes_config() -> TrainConfig {
@@ -94,6 +94,7 @@ fn tiny_episodes_config() -> TrainConfig {
         way: 3,
         queries: 2,
         rotations: 4,
+        mirror: true,
         within_alphabet: 0.5,
         bce_weight: 0.5,
     });
@@ -235,6 +236,55 @@ fn a_batch_normalised_tower_trains_calibrates_and_evaluates() {
             .all(|s| s.var.iter().any(|&v| v != 1.0))
     );
     assert_eq!(evaluate_best(&path, &config, &data), best.accuracy);
+}
+
+/// A run sized by time times its steps first, writes the step count it chose into
+/// its `config.json`, and then trains exactly what a run given that count trains.
+#[test]
+fn a_run_sized_by_time_records_its_steps_and_trains_like_a_fixed_run() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_episodes_config();
+    config.train.lr_schedule = LrSchedule::Cosine {
+        steps: None,
+        min_factor: 0.1,
+        warmup: 0,
+    };
+    config.train.max_steps = None;
+    config.train.fit_steps_to_time = true;
+    config.train.validate_every = Some(20);
+    // 1.2 seconds: some hundreds of the tiny tower's steps, or at least one interval.
+    config.train.max_minutes = Some(0.02);
+    config.validate().unwrap();
+    let sized = RunDir::create(root.path(), Some("sized")).unwrap();
+    let out = train(&sized, &config, &data, &options()).unwrap();
+    let saved = TrainConfig::load_json(&sized.config_path()).unwrap();
+    let steps = saved
+        .train
+        .max_steps
+        .expect("the chosen step count is saved");
+    assert!(steps >= 20 && steps.is_multiple_of(20), "{steps}");
+    assert!(saved.train.fit_steps_to_time);
+    // The run stops at the count (unless the guard stopped a slow machine first).
+    assert!(out.step <= steps);
+    let mut fixed = config.clone();
+    fixed.train.max_steps = Some(out.step);
+    fixed.train.lr_schedule = LrSchedule::Cosine {
+        steps: Some(steps),
+        min_factor: 0.1,
+        warmup: 0,
+    };
+    fixed.train.max_minutes = None;
+    let again = RunDir::create(root.path(), Some("fixed")).unwrap();
+    train(&again, &fixed, &data, &options()).unwrap();
+    assert_eq!(train_losses(sized.path()), train_losses(again.path()));
+    // Without a time to fit into, the configuration is refused and says why.
+    config.train.max_minutes = None;
+    let err = config.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("fit_steps_to_time") && err.contains("max_minutes"),
+        "{err}"
+    );
 }
 
 #[test]
