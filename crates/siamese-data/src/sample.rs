@@ -946,8 +946,7 @@ mod tests {
             groups.insert(classes[0].1);
         }
         assert_eq!(groups.len(), 8, "{groups:?}");
-        // Without mirroring, the draws are those of the same seed before mirroring
-        // existed: no mirror code ever appears.
+        // Without mirroring no mirror code appears.
         let e = sample_episode(&idx, &spec(5, 2, 4, 0.5), &mut rng).unwrap();
         assert!(e.rotations.iter().all(|&r| r < 4));
     }

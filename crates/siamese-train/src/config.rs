@@ -1033,7 +1033,10 @@ mod tests {
         let default = TrainConfig::default();
         assert_eq!(
             default.train.objective,
-            Objective::Episodes(EpisodeObjective::default())
+            Objective::Episodes(EpisodeObjective {
+                mirror: true,
+                ..EpisodeObjective::default()
+            })
         );
         assert_eq!(default.model.arch, Arch::CONV4);
         assert_eq!(default.model.input_size, DEFAULT_INPUT_SIZE);
@@ -1095,14 +1098,16 @@ mod tests {
         for preset in Preset::ALL {
             let path = dir.join(format!("legacy-{}.json", preset.name()));
             // The presets as they were then: `default` and `long` on 28×28 images,
-            // the learning rate halved every 6,000 (20,000) episodes, no step limit
-            // and no weight averaging.
+            // the learning rate halved every 6,000 (20,000) episodes, no step limit,
+            // no weight averaging, no mirror images and no timing of the steps.
             let mut then = TrainConfig::preset(preset);
             if matches!(preset, Preset::Default | Preset::Long) {
                 then.model.input_size = 28;
                 then.data.distortion = koch_distortion_at(28);
                 then.train.max_steps = None;
                 then.train.weight_average = WeightAverage::None;
+                then.train.objective = Objective::Episodes(EpisodeObjective::default());
+                then.train.fit_steps_to_time = false;
                 then.train.lr_schedule = LrSchedule::Step {
                     every: if preset == Preset::Long { 20_000 } else { 6000 },
                     factor: 0.5,
@@ -1112,9 +1117,17 @@ mod tests {
             let old = TrainConfig::load_json(&path).unwrap();
             assert_eq!(old, then, "{}", path.display());
             // As a --config file too: merged over its preset, which gives what the
-            // file lacks (the weight averaging, newer than the file).
+            // file lacks (the weight averaging, the mirror images and the timing of
+            // the steps, newer than the file).
             let over = TrainConfig::from_file_over(Preset::Default, &path).unwrap();
-            then.train.weight_average = TrainConfig::preset(preset).train.weight_average;
+            let now = TrainConfig::preset(preset).train;
+            then.train.weight_average = now.weight_average;
+            then.train.fit_steps_to_time = now.fit_steps_to_time;
+            if let (Objective::Episodes(e), Objective::Episodes(n)) =
+                (&mut then.train.objective, &now.objective)
+            {
+                e.mirror = n.mirror;
+            }
             assert_eq!(over, then, "{}", path.display());
         }
         // AdamW's decay moves with it; a current configuration is left alone.

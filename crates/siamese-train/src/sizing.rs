@@ -92,6 +92,8 @@ pub fn fit_steps_to_time(
         optimizer.set_position(0, t.lr_schedule.factor(step, Some(u64::MAX)));
         let batch = sampler.batch(&data.train, step, &device)?;
         let loss = t.objective.loss(&net, &batch)?;
+        // Read like the loop reads it (which also waits for a GPU's queued work).
+        loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         optimizer.backward_step(&loss)?;
         if step >= WARMUP_STEPS {
             timed += tick.elapsed().as_secs_f64();
