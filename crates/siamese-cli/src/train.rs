@@ -113,7 +113,7 @@ pub struct TrainArgs {
     /// At most this many epochs.
     #[arg(long, help_heading = "Training")]
     pub epochs: Option<u64>,
-    /// Stop after this many steps in all (`default`: as many as fit into 90% of its 30
+    /// Stop after this many steps in all (`default`: as many as fit into 85% of its 30
     /// minutes on this machine, timed before the run; `long`: 42,000;
     /// their cosine learning-rate schedule spans this limit, so it stretches with it).
     #[arg(long, value_name = "N", help_heading = "Training")]

@@ -38,7 +38,7 @@ pub struct TrainConfig {
 /// 85.0% against 78.5% on Koch's test split).
 pub const DEFAULT_INPUT_SIZE: usize = 32;
 
-/// The budget of the default preset: its episodes are as many as fit into 90% of it
+/// The budget of the default preset: its episodes are as many as fit into 85% of it
 /// on the machine it runs on ([`TrainingConfig::fit_steps_to_time`]).
 pub const DEFAULT_MINUTES: f64 = 30.0;
 
@@ -249,7 +249,7 @@ pub struct TrainingConfig {
     /// and checkpoint follow); `null`: no limit.
     pub max_minutes: Option<f64>,
     /// With no `max_steps`: time a few steps on this machine before the run and set
-    /// `max_steps` to the whole validation intervals that fit into 90% of
+    /// `max_steps` to the whole validation intervals that fit into 85% of
     /// `max_minutes` ([`crate::sizing`]), so that a schedule spanning `max_steps`
     /// ends in time on any machine. The count is written into the run's
     /// `config.json`. Configurations without it: `false`.
@@ -325,7 +325,7 @@ impl TrainConfig {
     /// background alphabets, trained on 20-way one-shot episodes with 5 queries per
     /// class (the characters × 4 rotations × their mirror images as classes, half the
     /// episodes within one alphabet), Adam at 10⁻³ annealed by half a cosine to 2% of
-    /// it over as many episodes as fit into 90% of [`DEFAULT_MINUTES`] on this
+    /// it over as many episodes as fit into 85% of [`DEFAULT_MINUTES`] on this
     /// machine (timed before the run, [`crate::sizing`]; the count is saved in the
     /// run's configuration), an exponential moving average of the weights (decay
     /// 0.998) validated (Koch's 20-way within-alphabet trials on the validation

@@ -18,11 +18,12 @@ use crate::schedule::RunOptimizer;
 
 /// Steps run before the timing starts (buffers, caches, the allocator's first pages).
 const WARMUP_STEPS: u64 = 3;
-/// Steps timed.
-const TIMED_STEPS: u64 = 20;
+/// Steps timed: 20 timed a 2-core machine's step within ±10% of its mean over the
+/// whole run (74.5 ms against 70.0, 65.1 against 71); 50 reduce the sampling noise.
+const TIMED_STEPS: u64 = 50;
 /// Share of the time budget planned for the steps; the rest covers the validations,
-/// checkpoints, the calibration and the machine's drift over the run.
-pub const BUDGET_SHARE: f64 = 0.9;
+/// checkpoints, the calibration, the timing's error and the machine's drift.
+pub const BUDGET_SHARE: f64 = 0.85;
 
 /// What the timing measured and what it chose.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -127,16 +128,17 @@ mod tests {
 
     #[test]
     fn the_budget_is_cut_into_whole_intervals() {
-        // 30 minutes, 90% of them: 1,620 s; less 20 s spent: 1,600 s at 0.1 s a step
-        // is 16,000 steps, a multiple of 500.
-        assert_eq!(steps_for_budget(0.1, 30.0, 20.0, 500), 16_000);
-        // 0.15 s a step: 10,666 steps, down to 10,500.
-        assert_eq!(steps_for_budget(0.15, 30.0, 20.0, 500), 10_500);
+        // 30 minutes, 85% of them: 1,530 s; less 30 s spent: 1,500 s at 0.1 s a step
+        // is 15,000 steps, a multiple of 500.
+        assert_eq!(steps_for_budget(0.1, 30.0, 30.0, 500), 15_000);
+        // 0.15 s a step: 10,000 steps; 0.14 s: 10,714, down to 10,500.
+        assert_eq!(steps_for_budget(0.15, 30.0, 30.0, 500), 10_000);
+        assert_eq!(steps_for_budget(0.14, 30.0, 30.0, 500), 10_500);
         // Too slow for even one interval: one interval all the same.
         assert_eq!(steps_for_budget(100.0, 1.0, 0.0, 500), 500);
         // A budget already spent.
         assert_eq!(steps_for_budget(0.1, 0.1, 100.0, 50), 50);
         // An interval of 0 counts as 1.
-        assert_eq!(steps_for_budget(1.0, 1.0, 0.0, 0), 54);
+        assert_eq!(steps_for_budget(1.0, 1.0, 0.0, 0), 51);
     }
 }
