@@ -665,11 +665,7 @@ impl TrainConfig {
             _ => {}
         }
         if t.steps_sized_by_time() && t.max_minutes.is_none() {
-            return bad(
-                "train.fit_steps_to_time needs train.max_minutes (the time to fit the steps \
-                 into): give a time limit, or a step count (train.max_steps, --max-steps)"
-                    .into(),
-            );
+            return bad(crate::sizing::NO_TIME_TO_FIT.into());
         }
         // A run sized by time has its max_steps before the first step.
         let run_steps = t.max_steps.or(t.steps_sized_by_time().then_some(u64::MAX));

@@ -21,20 +21,13 @@ const WARMUP_STEPS: u64 = 3;
 /// Steps timed: 20 timed a 2-core machine's step within ±10% of its mean over the
 /// whole run (74.5 ms against 70.0, 65.1 against 71); 50 reduce the sampling noise.
 const TIMED_STEPS: u64 = 50;
+/// Why a run to be sized by time cannot be (also [`TrainConfig::validate`]'s word).
+pub(crate) const NO_TIME_TO_FIT: &str = "train.fit_steps_to_time needs train.max_minutes (the \
+     time to fit the steps into): give a time limit, or a step count (train.max_steps, \
+     --max-steps)";
 /// Share of the time budget planned for the steps; the rest covers the validations,
 /// checkpoints, the calibration, the timing's error and the machine's drift.
 pub const BUDGET_SHARE: f64 = 0.85;
-
-/// What the timing measured and what it chose.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepSizing {
-    /// Mean seconds of one timed step (batch, forward, backward, update).
-    pub seconds_per_step: f64,
-    /// The steps chosen: a whole number of validation intervals.
-    pub steps: u64,
-    /// Seconds the timing took in all.
-    pub timing_seconds: f64,
-}
 
 impl TrainingConfig {
     /// Whether this run's length is to be measured ([`crate::sizing`]): asked for,
@@ -69,18 +62,14 @@ pub fn steps_for_budget(
 pub fn fit_steps_to_time(
     config: &TrainConfig,
     data: &TrainData,
-) -> Result<(TrainConfig, Option<StepSizing>), TrainError> {
+) -> Result<TrainConfig, TrainError> {
     let t = &config.train;
     if !t.steps_sized_by_time() {
-        return Ok((config.clone(), None));
+        return Ok(config.clone());
     }
-    let minutes = t.max_minutes.ok_or_else(|| {
-        TrainError::Config(
-            "train.fit_steps_to_time needs train.max_minutes (the time to fit the steps into); \
-             give it, or a step count with --max-steps"
-                .into(),
-        )
-    })?;
+    let minutes = t
+        .max_minutes
+        .ok_or_else(|| TrainError::Config(NO_TIME_TO_FIT.into()))?;
     let started = Instant::now();
     let device = select_device(&t.device)?;
     data.check_size(config.model.input_size)?;
@@ -112,14 +101,7 @@ pub fn fit_steps_to_time(
     );
     let mut sized = config.clone();
     sized.train.max_steps = Some(steps);
-    Ok((
-        sized,
-        Some(StepSizing {
-            seconds_per_step,
-            steps,
-            timing_seconds,
-        }),
-    ))
+    Ok(sized)
 }
 
 #[cfg(test)]

@@ -183,7 +183,7 @@ pub fn train(
     config.validate()?;
     // A run sized by time is timed on the threads it will train on.
     let sized_run = || {
-        let (config, _) = fit_steps_to_time(config, data)?;
+        let config = fit_steps_to_time(config, data)?;
         Trainer::new(run, &config, data, options)?.run()
     };
     match config.train.threads {
