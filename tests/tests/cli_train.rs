@@ -37,6 +37,14 @@ fn print_config_resolves_presets_and_flags() {
     assert!(default["train"]["max_steps"].is_null());
     assert_eq!(default["train"]["max_minutes"], 30.0);
     assert_eq!(default["train"]["objective"]["episodes"]["mirror"], true);
+    // `long` is four default networks; --members makes any recipe an ensemble.
+    assert_eq!(default["train"]["members"], 1);
+    let long = config(&["--preset", "long"]);
+    assert_eq!(long["train"]["members"], 4);
+    assert_eq!(long["train"]["max_minutes"], 30.0);
+    assert_eq!(config(&["--members", "3"])["train"]["members"], 3);
+    let (ok, _, stderr) = run_cli(&["train", "--print-config", "--members", "0"]);
+    assert!(!ok && stderr.contains("train.members"), "{stderr}");
     let fixed = config(&["--max-steps", "900", "--no-time-limit"]);
     assert_eq!(fixed["train"]["max_steps"], 900);
     let (ok, _, stderr) = run_cli(&["train", "--print-config", "--no-time-limit"]);

@@ -11,7 +11,8 @@
 #   data     extract and verify Omniglot and the MNIST test set from the bundle
 #   rate     200 episodes of the default preset: the GPU's episodes per second,
 #            alone, then with 4 runs side by side (rate-par1..4)
-#   train-*  the runs that fit in the time left, in order: `long` (42,000 episodes),
+#   train-*  the runs that fit in the time left, in order: `long` (4 networks of
+#            22,000 episodes, one after another, scored together),
 #            `default` (22,000, what it sizes itself to on the 2-core machine),
 #            `default` seeds 1 and 2: all four side by side if the shared rate lets
 #            them finish, else the three seeds of `default` side by side if `long`
@@ -73,7 +74,7 @@ if [[ $DRY_RUN == 1 ]]; then
     BENCH_SHAPE=(--arch koch35 --batch-pairs 8)
     # Tiny runs: the presets' shapes with a few episodes each.
     RATE_STEPS=40
-    declare -A PRESET_STEPS=([default]=4 [long]=8)
+    declare -A PRESET_STEPS=([default]=4 [long]=16)
     STEP_FLAGS=(--validation-trials 40 --validate-every 2)
     EVAL_FLAGS=(--trials 40)
 else
@@ -81,10 +82,12 @@ else
     BENCH_STEPS=10
     BENCH_SHAPE=(--arch koch --batch-pairs 128)
     RATE_STEPS=200
-    declare -A PRESET_STEPS=([default]=22000 [long]=42000)
+    declare -A PRESET_STEPS=([default]=22000 [long]=88000)
     STEP_FLAGS=()
     EVAL_FLAGS=()
 fi
+# Networks per run: PRESET_STEPS counts the episodes of all of them.
+declare -A PRESET_MEMBERS=([default]=1 [long]=4)
 DATA="$WORK/omniglot"
 MNIST="$WORK/mnist"
 MIRROR="$BUNDLE/omniglot"
@@ -299,7 +302,7 @@ if [[ $SETUP_OK == 1 ]]; then
         # An explicit count: the default preset would otherwise fit its episodes to
         # 30 minutes of this device, which the plan above has not budgeted.
         local name=$1 preset=$2 seed=$3 need=$4 max=$5
-        local step_flag=(--max-steps "${PRESET_STEPS[$preset]}")
+        local step_flag=(--max-steps $((PRESET_STEPS[$preset] / PRESET_MEMBERS[$preset])))
         stage "train-$name" "$max" 85 \
             "{\"preset\": \"$preset\", \"seed\": $seed, \"need_s\": $need, \"rate\": $RATE, \"rate_side_by_side\": $RATE_PAR}" -- \
             "$BIN" train --preset "$preset" --seed "$seed" --device "$DEVICE" "${DATA_FLAGS[@]}" \

@@ -1,7 +1,7 @@
 //! `eval`: one-shot accuracy of the network or a baseline, with a 95% interval.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -12,17 +12,14 @@ use siamese_data::user_image::Fit;
 use siamese_data::{OmniglotSet, Part, SplitName};
 use siamese_eval::{
     EvalOptions, EvalReport, MNIST_TRIALS, ModifiedHausdorff, OneShotScorer, PixelNn, Protocol,
-    TrialSet, adapt_batch_norm, evaluate, koch_trial_count, save_sheet, siamese_scorer_shifted,
+    TrialSet, adapt_batch_norm, evaluate, koch_trial_count, save_sheet,
 };
-use siamese_model::{SiameseNet, select_device};
 
 use crate::data_source::DataSourceArgs;
+use crate::model::{ModelArgs, Models};
 
 /// The Modified Hausdorff baseline's ink threshold on MNIST's grey digits.
 const MNIST_INK_THRESHOLD: u8 = 128;
-
-/// Where `eval` and `classify` look for a model when `--model` is not given.
-pub const DEFAULT_RUN: &str = "runs/latest";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -64,10 +61,8 @@ pub struct EvalArgs {
     /// Method to evaluate.
     #[arg(long, default_value = "siamese")]
     pub method: Method,
-    /// Checkpoint file, or a run folder (uses its best checkpoint)
-    /// [default: runs/latest].
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Candidates per trial [default: 20; 10 with --mnist].
     #[arg(long)]
     pub way: Option<usize>,
@@ -111,9 +106,6 @@ pub struct EvalArgs {
     /// Seed of the trial sampler.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Device for the network: auto, cpu, cuda[:N], metal.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     /// Test-time augmentation: embed each image as the mean of the tower's features
     /// of it and of four copies shifted by this many pixels (0: off). On by default:
     /// on the validation alphabets it raised the accuracy of every seed of the
@@ -155,32 +147,33 @@ pub fn run(args: &EvalArgs, progress: bool) -> Result<()> {
     }
     match args.method {
         Method::Siamese => {
-            let (net, path) = load_model(args.model.as_deref(), &args.device)?;
-            let mut name = format!("siamese {}", path.display());
+            let models = Models::load(&args.model)?;
+            let mut name = models.name();
             if args.tta_shift > 0 {
                 name += &format!(" (mean features over ±{} px shifts)", args.tta_shift);
             }
             if args.adapt_bn {
                 name += " (batch norm adapted to the trials' images)";
             }
-            let side = net.config().input_size;
-            run_with(args, side, progress, |set, options| {
+            run_with(args, models.input_size(), progress, |set, options| {
                 if !args.adapt_bn {
-                    let scorer = siamese_scorer_shifted(&net, &name, args.tta_shift);
-                    return finish(&scorer, set, options, args);
+                    return finish(&models.scorer(&name, args.tta_shift)?, set, options, args);
                 }
                 let images: Vec<_> = set.images.iter().map(|i| i.image).collect();
-                let adapted = adapt_batch_norm(&net, &images, args.batch).context("--adapt-bn")?;
+                let adapted = Models {
+                    nets: models
+                        .nets
+                        .iter()
+                        .map(|net| adapt_batch_norm(net, &images, args.batch))
+                        .collect::<Result<_, _>>()
+                        .context("--adapt-bn")?,
+                    paths: models.paths.clone(),
+                };
                 tracing::info!(
                     "batch norm adapted to the {} images of the trials",
                     images.len()
                 );
-                finish(
-                    &siamese_scorer_shifted(&adapted, &name, args.tta_shift),
-                    set,
-                    options,
-                    args,
-                )
+                finish(&adapted.scorer(&name, args.tta_shift)?, set, options, args)
             })
         }
         Method::Hausdorff => {
@@ -304,41 +297,6 @@ fn finish<S: OneShotScorer>(
         tracing::info!("wrote {}", path.display());
     }
     Ok(report)
-}
-
-/// The checkpoint a `--model` value names: a file as is, a folder's
-/// `best/model.safetensors`.
-pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
-    let given = model.unwrap_or(Path::new(DEFAULT_RUN));
-    let path = if given.is_dir() {
-        siamese_train::RunDir::best_model_in(given)
-    } else {
-        given.to_path_buf()
-    };
-    if !path.is_file() {
-        if model.is_none() {
-            bail!(
-                "no model: {} does not exist. Train one with `siamese-cli train`, or pass \
-                 --model <checkpoint or run folder>, or use --method hausdorff|pixel-nn",
-                path.display()
-            );
-        }
-        bail!(
-            "--model {}: {} is not a checkpoint file",
-            given.display(),
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// Loads a checkpoint onto the chosen device, for evaluation (no gradients).
-pub fn load_model(model: Option<&Path>, device: &str) -> Result<(SiameseNet, PathBuf)> {
-    let path = resolve_model_path(model)?;
-    let device = select_device(device)?;
-    let (net, info) = SiameseNet::load(&path, None, &device)?;
-    tracing::info!("loaded {} ({})", path.display(), info.config);
-    Ok((net.detach(), path))
 }
 
 fn print_report(r: &EvalReport, json: bool) -> Result<()> {

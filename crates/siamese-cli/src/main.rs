@@ -7,6 +7,7 @@ mod bench_train;
 mod data_source;
 mod eval;
 mod info;
+mod model;
 mod plot;
 mod predict;
 mod train;

@@ -8,27 +8,15 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 use siamese_data::sample::NegativeFrom;
-use siamese_data::tensor::images_to_tensor;
 use siamese_data::user_image::{Fit, load_user_image_with};
 use siamese_data::{GrayImage, OmniglotSet, Part, SplitName};
-use siamese_eval::{EvalOptions, siamese_scorer, sigmoid, verify};
-use siamese_model::{SiameseNet, Tensor};
+use siamese_eval::{EvalOptions, OneShotScorer, sigmoid, verify};
 
 use crate::data_source::DataSourceArgs;
-use crate::eval::load_model;
+use crate::model::{ModelArgs, Models, embed_all};
 
 /// Images per embedding batch.
 const EMBED_BATCH: usize = 128;
-
-#[derive(Debug, Args)]
-pub struct ModelArgs {
-    /// Checkpoint file, or a run folder (uses its best checkpoint) [default: runs/latest].
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
-    /// Device: auto, cpu, cuda[:N], metal.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-}
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -93,18 +81,13 @@ pub struct VerifyArgs {
 }
 
 pub fn compare(args: &CompareArgs) -> Result<()> {
-    let (net, _) = load_model(args.model.model.as_deref(), &args.model.device)?;
-    let size = net.config().input_size;
+    let models = Models::load(&args.model)?;
+    let size = models.input_size();
     let a = load_user_image_with(&args.a, size, args.fit)?;
     let b = load_user_image_with(&args.b, size, args.fit)?;
-    let device = net.device().clone();
-    let logit: f32 = net
-        .forward_pairs(
-            &images_to_tensor(&[&a], &device)?,
-            &images_to_tensor(&[&b], &device)?,
-        )?
-        .flatten_all()?
-        .to_vec1::<f32>()?[0];
+    let scorer = models.scorer(&models.name(), 0)?;
+    let features = scorer.embed(&[&a, &b])?;
+    let logit = scorer.score_pairs(&features, &[(0, 1)])?[0] as f32;
     let p = sigmoid(f64::from(logit));
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -134,8 +117,8 @@ struct Ranked {
 
 pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let classes = read_support(&args.support)?;
-    let (net, _) = load_model(args.model.model.as_deref(), &args.model.device)?;
-    let size = net.config().input_size;
+    let models = Models::load(&args.model)?;
+    let size = models.input_size();
     let load = |p: &PathBuf| {
         load_user_image_with(p, size, args.fit)
             .with_context(|| format!("--query/--support image {}", p.display()))
@@ -146,15 +129,20 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         .map(load)
         .collect::<Result<_>>()?;
     let queries: Vec<GrayImage> = args.query.iter().map(load).collect::<Result<_>>()?;
-    let example_features = embed(&net, &examples)?;
-    let query_features = embed(&net, &queries)?;
-
-    // Every (query, example) pair through the head at once, row by query.
+    let scorer = models.scorer(&models.name(), 0)?;
+    // Examples first, then queries, in one embedding; every (query, example) pair
+    // through the head, row by query.
     let ne = examples.len();
-    let logits: Vec<f32> = net
-        .score_all(&query_features, &example_features)?
-        .flatten_all()?
-        .to_vec1()?;
+    let images: Vec<&GrayImage> = examples.iter().chain(&queries).collect();
+    let features = embed_all(&scorer, &images, EMBED_BATCH)?;
+    let pairs: Vec<(usize, usize)> = (0..queries.len())
+        .flat_map(|q| (0..ne).map(move |e| (ne + q, e)))
+        .collect();
+    let logits: Vec<f32> = scorer
+        .score_pairs(&features, &pairs)?
+        .into_iter()
+        .map(|s| s as f32)
+        .collect();
 
     let mut out = std::io::stdout().lock();
     for (q, path) in args.query.iter().enumerate() {
@@ -207,14 +195,13 @@ pub fn run_verify(args: &VerifyArgs, progress: bool) -> Result<()> {
             .with_context(|| format!("loading the {part} part of the evaluation alphabets"))
     };
     let (val, test) = (load(Part::Validation)?, load(Part::Test)?);
-    let (net, path) = load_model(args.model.model.as_deref(), &args.model.device)?;
-    let name = format!("siamese {}", path.display());
+    let models = Models::load(&args.model)?;
     let negatives = if args.any_alphabet {
         NegativeFrom::AnyAlphabet
     } else {
         NegativeFrom::SameAlphabet
     };
-    let scorer = siamese_scorer(&net, &name);
+    let scorer = models.scorer(&models.name(), 0)?;
     let r = verify(
         &scorer,
         &val,
@@ -255,16 +242,6 @@ pub fn run_verify(args: &VerifyArgs, progress: bool) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// Tower features of `images`, in batches.
-fn embed(net: &SiameseNet, images: &[GrayImage]) -> Result<Tensor> {
-    let refs: Vec<&GrayImage> = images.iter().collect();
-    let parts = refs
-        .chunks(EMBED_BATCH)
-        .map(|chunk| Ok(net.embed(&images_to_tensor(chunk, net.device())?)?))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// The classes of a support folder, sorted by label.

@@ -32,8 +32,8 @@ pub struct TrainArgs {
     pub source: DataSourceArgs,
 
     // ---- run ----
-    /// Starting configuration: default (about 30 minutes on a 2-core CPU), long (the
-    /// default for about 2 hours), small (Koch's recipe on the 35×35 koch35 tower),
+    /// Starting configuration: default (about 30 minutes on a 2-core CPU), long (an
+    /// ensemble of four default networks, about 2 hours), small (Koch's recipe on the 35×35 koch35 tower),
     /// paper (Koch et al.'s setup) or reference (the PyTorch reference's).
     #[arg(long, value_name = "NAME", help_heading = "Run")]
     pub preset: Option<Preset>,
@@ -113,12 +113,14 @@ pub struct TrainArgs {
     /// At most this many epochs.
     #[arg(long, help_heading = "Training")]
     pub epochs: Option<u64>,
-    /// Stop after this many steps in all (`default`: as many as fit into 85% of its 30
-    /// minutes on this machine, timed before the run; `long`: 42,000;
-    /// their cosine learning-rate schedule spans this limit, so it stretches with it).
+    /// Stop after this many steps in all, per network of an ensemble (`default` and
+    /// each of `long`'s: as many as fit into 85% of its 30 minutes on this machine,
+    /// timed before the run; their cosine learning-rate schedule spans this limit,
+    /// so it stretches with it).
     #[arg(long, value_name = "N", help_heading = "Training")]
     pub max_steps: Option<u64>,
-    /// Stop training after this many minutes (a final validation and checkpoint follow).
+    /// Stop training after this many minutes, per network of an ensemble (a final
+    /// validation and checkpoint follow).
     #[arg(long, value_name = "MINUTES", help_heading = "Training")]
     pub max_minutes: Option<f64>,
     /// No time limit (overrides the preset's --max-minutes).
@@ -133,9 +135,15 @@ pub struct TrainArgs {
     /// Stop after this many validations without a new best (0: never).
     #[arg(long, value_name = "N", help_heading = "Training")]
     pub patience: Option<u64>,
-    /// Seed of the initialisation, samplers and distortions.
+    /// Seed of the initialisation, samplers and distortions (of an ensemble's first
+    /// network; the others take the next seeds).
     #[arg(long, help_heading = "Training")]
     pub seed: Option<u64>,
+    /// Train an ensemble of this many networks one after another (seeds `--seed`,
+    /// `--seed`+1…, each with the whole configuration, time limit included), scored
+    /// together by `eval` and the other commands (1: one network).
+    #[arg(long, value_name = "N", help_heading = "Training")]
+    pub members: Option<u32>,
     /// CPU threads [default: all cores].
     #[arg(long, help_heading = "Training")]
     pub threads: Option<usize>,
@@ -197,6 +205,7 @@ impl TrainArgs {
         t.validate_at_start |= self.validate_at_start;
         set(&self.patience, &mut t.patience);
         set(&self.seed, &mut t.seed);
+        set(&self.members, &mut t.members);
         set_some(&self.threads, &mut t.threads);
         set(&self.device, &mut t.device);
         Ok(())
@@ -293,8 +302,17 @@ pub fn run(args: &TrainArgs, progress: bool) -> Result<()> {
     let outcome = train(&run, &config, &data, &options)?;
 
     let mut out = std::io::stdout().lock();
-    let best_model = run.best_model();
+    let best_models = RunDir::best_models_in(run.path()).unwrap_or_default();
     if args.json {
+        let members: Vec<_> = outcome
+            .members
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "run": m.run_dir, "reason": m.reason, "step": m.step, "best": m.best,
+                })
+            })
+            .collect();
         let line = serde_json::json!({
             "run": run.path(),
             "reason": outcome.reason,
@@ -302,37 +320,65 @@ pub fn run(args: &TrainArgs, progress: bool) -> Result<()> {
             "epoch": outcome.epoch,
             "last_loss": outcome.last_loss,
             "best": outcome.best,
-            "best_model": best_model.is_file().then_some(&best_model),
+            "best_model": best_models.iter().find(|p| p.is_file()),
+            "best_models": best_models.iter().filter(|p| p.is_file()).collect::<Vec<_>>(),
+            "members": members,
         });
         writeln!(out, "{line}")?;
-    } else {
-        writeln!(out, "run       {}", run.path().display())?;
+        return Ok(());
+    }
+    writeln!(out, "run       {}", run.path().display())?;
+    for (i, m) in outcome.members.iter().enumerate() {
+        let best = m.best.map_or("no validation".into(), |b| {
+            format!("{:.2}% validation at step {}", 100.0 * b.accuracy, b.step)
+        });
         writeln!(
             out,
-            "stopped   {} at step {} (epoch {})",
-            outcome.reason.describe(),
-            outcome.step,
-            outcome.epoch
+            "member {} {}: {} at step {}; best {best}",
+            i + 1,
+            m.run_dir.display(),
+            m.reason.describe(),
+            m.step
         )?;
-        match outcome.best {
-            Some(b) => writeln!(
-                out,
-                "best      {:.2}% validation accuracy (95% CI {:.1}–{:.1}%) at step {}: {}",
-                100.0 * b.accuracy,
-                100.0 * b.ci95_low,
-                100.0 * b.ci95_high,
-                b.step,
-                best_model.display()
-            )?,
-            None => writeln!(out, "best      none yet (no validation ran)")?,
-        }
-        if outcome.reason == siamese_train::StopReason::Interrupted {
-            writeln!(
-                out,
-                "resume    siamese-cli train --resume {}",
-                run.path().display()
-            )?;
-        }
+    }
+    let what = if outcome.members.is_empty() {
+        format!("at step {} (epoch {})", outcome.step, outcome.epoch)
+    } else {
+        format!("after {} steps in all", outcome.step)
+    };
+    writeln!(out, "stopped   {} {what}", outcome.reason.describe())?;
+    let models: Vec<String> = best_models
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    match outcome.best {
+        Some(b) if outcome.members.is_empty() => writeln!(
+            out,
+            "best      {:.2}% validation accuracy (95% CI {:.1}–{:.1}%) at step {}: {}",
+            100.0 * b.accuracy,
+            100.0 * b.ci95_low,
+            100.0 * b.ci95_high,
+            b.step,
+            models.join(", ")
+        )?,
+        Some(b) => writeln!(
+            out,
+            "ensemble  {:.2}% validation accuracy (95% CI {:.1}–{:.1}%) of the {} members' \
+             best checkpoints together: {}",
+            100.0 * b.accuracy,
+            100.0 * b.ci95_low,
+            100.0 * b.ci95_high,
+            outcome.members.len(),
+            models.join(", ")
+        )?,
+        None => writeln!(out, "best      none yet (no validation ran)")?,
+    }
+    if outcome.reason == siamese_train::StopReason::Interrupted {
+        writeln!(
+            out,
+            "resume    siamese-cli train --resume {}",
+            run.path().display()
+        )?;
     }
     Ok(())
 }

@@ -23,30 +23,83 @@ pub fn siamese_scorer_shifted<'a>(
     name: &str,
     shift: usize,
 ) -> impl OneShotScorer + 'a {
-    CandleScorer::new(
+    ensemble_scorer(std::slice::from_ref(net), name, shift)
+        .expect("one network is always a valid ensemble")
+}
+
+/// Several networks as one method: an image's embedding is each network's
+/// (test-time-augmented as in [`siamese_scorer_shifted`]) features side by side, and
+/// a pair's score is the mean of the networks' logits. Averaging independently
+/// trained networks cancels part of each one's errors. The networks must take the
+/// same input size; one network scores exactly as [`siamese_scorer_shifted`].
+pub fn ensemble_scorer<'a>(
+    nets: &'a [SiameseNet],
+    name: &str,
+    shift: usize,
+) -> Result<impl OneShotScorer + 'a, EvalError> {
+    let first = nets
+        .first()
+        .ok_or_else(|| EvalError::method(name, "an ensemble needs at least one network"))?;
+    let side = first.config().input_size;
+    if let Some(other) = nets.iter().find(|n| n.config().input_size != side) {
+        let why = format!(
+            "the networks take different input sizes ({side}×{side} and {0}×{0}): an \
+             ensemble embeds each image once, at one size",
+            other.config().input_size
+        );
+        return Err(EvalError::method(name, why));
+    }
+    let widths: Vec<usize> = nets.iter().map(SiameseNet::embed_dim).collect();
+    let embed_one = move |net: &SiameseNet, x: &candle_core::Tensor| {
+        if shift == 0 {
+            return net.embed(x).map_err(candle_core::Error::wrap);
+        }
+        let (n, _, h, w) = x.dims4()?;
+        let s = shift;
+        let padded = x.pad_with_zeros(2, s, s)?.pad_with_zeros(3, s, s)?;
+        let views = [(s, s), (s, 0), (s, 2 * s), (0, s), (2 * s, s)]
+            .iter()
+            .map(|&(top, left)| padded.narrow(2, top, h)?.narrow(3, left, w))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let all = candle_core::Tensor::cat(&views, 0)?;
+        let features = net.embed(&all).map_err(candle_core::Error::wrap)?;
+        let d = features.dim(1)?;
+        features.reshape((views.len(), n, d))?.mean(0)
+    };
+    Ok(CandleScorer::new(
         name,
-        net.device().clone(),
+        first.device().clone(),
         move |x: &candle_core::Tensor| {
-            if shift == 0 {
-                return net.embed(x).map_err(candle_core::Error::wrap);
+            if let [net] = nets {
+                return embed_one(net, x);
             }
-            let (n, _, h, w) = x.dims4()?;
-            let s = shift;
-            let padded = x.pad_with_zeros(2, s, s)?.pad_with_zeros(3, s, s)?;
-            let views = [(s, s), (s, 0), (s, 2 * s), (0, s), (2 * s, s)]
+            let parts = nets
                 .iter()
-                .map(|&(top, left)| padded.narrow(2, top, h)?.narrow(3, left, w))
+                .map(|net| embed_one(net, x))
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let all = candle_core::Tensor::cat(&views, 0)?;
-            let features = net.embed(&all).map_err(candle_core::Error::wrap)?;
-            let d = features.dim(1)?;
-            features.reshape((views.len(), n, d))?.mean(0)
+            candle_core::Tensor::cat(&parts, 1)
         },
         move |a: &candle_core::Tensor, b: &candle_core::Tensor| {
-            net.score(a, b).map_err(candle_core::Error::wrap)
+            if let [net] = nets {
+                return net.score(a, b).map_err(candle_core::Error::wrap);
+            }
+            let mut sum: Option<candle_core::Tensor> = None;
+            let mut offset = 0;
+            for (net, &d) in nets.iter().zip(&widths) {
+                let logits = net
+                    .score(&a.narrow(1, offset, d)?, &b.narrow(1, offset, d)?)
+                    .map_err(candle_core::Error::wrap)?
+                    .flatten_all()?;
+                offset += d;
+                sum = Some(match sum {
+                    Some(s) => (s + logits)?,
+                    None => logits,
+                });
+            }
+            sum.expect("at least one network") / nets.len() as f64
         },
     )
-    .with_input_size(net.config().input_size)
+    .with_input_size(side))
 }
 
 /// AdaBN for an evaluation: `net` with batch norm's statistics taken from `images`

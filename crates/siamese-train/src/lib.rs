@@ -19,6 +19,8 @@
 //!   made in [`siamese_data::batch`], each a function of the seed and the step
 //!   number only, so resuming needs only the step);
 //! * [`sizing`]: a run's step count fitted to its time budget on this machine;
+//! * [`ensemble`]: several networks of one recipe trained into one run folder,
+//!   validated, and scored, together;
 //! * [`train`]: the loop, validating by 20-way within-alphabet one-shot accuracy
 //!   (Koch's construction on the split's validation part), keeping the best
 //!   checkpoint, stopping early, on a time budget, on Ctrl-C ([`TrainOptions::stop`])
@@ -33,6 +35,7 @@
 pub mod average;
 pub mod config;
 pub mod data;
+pub mod ensemble;
 mod error;
 pub mod metrics;
 pub mod objective;
@@ -45,10 +48,11 @@ mod trainer;
 
 pub use average::{WeightAverage, WeightEma};
 pub use config::{
-    DEFAULT_INPUT_SIZE, DEFAULT_MINUTES, DataConfig, EpisodeObjective, LONG_EPISODES, Objective,
+    DEFAULT_INPUT_SIZE, DEFAULT_MINUTES, DataConfig, EpisodeObjective, LONG_MEMBERS, Objective,
     Preset, TrainConfig, TrainingConfig,
 };
 pub use data::TrainData;
+pub use ensemble::{ENSEMBLE_FILE, EnsembleRecord, MEMBER_PREFIX, MemberRecord};
 pub use error::TrainError;
 pub use run::{BestScore, RunDir, TrainState};
 pub use schedule::{AdamSettings, AdamwSettings, LrSchedule, Optimizer, SgdSchedule};

@@ -89,6 +89,11 @@ impl RunDir {
         Ok(run)
     }
 
+    /// The run folder at `path`, as it is (for a member of an ensemble).
+    pub(crate) fn at(path: PathBuf) -> Self {
+        RunDir { path }
+    }
+
     /// An existing run folder (to resume).
     pub fn open(path: &Path) -> Result<Self, TrainError> {
         let path = if path.file_name().is_some_and(|n| n == LATEST) {

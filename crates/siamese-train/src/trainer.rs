@@ -92,6 +92,19 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    const ALL: [StopReason; 5] = [
+        StopReason::Epochs,
+        StopReason::MaxSteps,
+        StopReason::TimeLimit,
+        StopReason::EarlyStopping,
+        StopReason::Interrupted,
+    ];
+
+    /// The reason a checkpoint's `finished` field records (its `Debug` name).
+    pub fn from_recorded(name: &str) -> Option<StopReason> {
+        Self::ALL.into_iter().find(|r| format!("{r:?}") == name)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             StopReason::Epochs => "all epochs trained",
@@ -120,6 +133,9 @@ pub struct TrainOutcome {
     pub steps_this_call: u64,
     /// The last step's loss.
     pub last_loss: Option<f32>,
+    /// For an ensemble ([`crate::ensemble`]): each member's outcome, in order (the
+    /// ensemble's `best` is then its own validation); empty for one network.
+    pub members: Vec<TrainOutcome>,
 }
 
 /// Koch's early stopping: stop after `patience` validations in a row without a new
@@ -181,18 +197,40 @@ pub fn train(
     options: &TrainOptions,
 ) -> Result<TrainOutcome, TrainError> {
     config.validate()?;
+    in_thread_pool(config.train.threads, || {
+        if config.train.members > 1 {
+            crate::ensemble::train_members(run, config, data, options)
+        } else {
+            train_one(run, config, data, options)
+        }
+    })
+}
+
+/// One network's run (sized by time first when the configuration asks for it), on
+/// the calling thread pool.
+pub(crate) fn train_one(
+    run: &RunDir,
+    config: &TrainConfig,
+    data: &TrainData,
+    options: &TrainOptions,
+) -> Result<TrainOutcome, TrainError> {
     // A run sized by time is timed on the threads it will train on.
-    let sized_run = || {
-        let config = fit_steps_to_time(config, data)?;
-        Trainer::new(run, &config, data, options)?.run()
-    };
-    match config.train.threads {
+    let config = fit_steps_to_time(config, data)?;
+    Trainer::new(run, &config, data, options)?.run()
+}
+
+/// Runs `work` on a pool of `threads` threads (`None`: the global pool).
+fn in_thread_pool<T: Send>(
+    threads: Option<usize>,
+    work: impl FnOnce() -> Result<T, TrainError> + Send,
+) -> Result<T, TrainError> {
+    match threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build()
             .map_err(|e| TrainError::Config(format!("train.threads = {n}: {e}")))?
-            .install(sized_run),
-        None => sized_run(),
+            .install(work),
+        None => work(),
     }
 }
 
@@ -547,6 +585,7 @@ impl<'a> Trainer<'a> {
             run_dir: self.run.path().to_path_buf(),
             steps_this_call: self.state.step - first_step,
             last_loss,
+            members: Vec::new(),
         })
     }
 

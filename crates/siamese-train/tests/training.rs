@@ -536,3 +536,86 @@ fn data_is_shrunk_to_a_smaller_network_input() {
         assert!(msg.contains("model.input_size"), "{msg}");
     }
 }
+
+#[test]
+fn an_ensemble_trains_its_members_validates_them_together_and_resumes() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_episodes_config();
+    config.train.calibrate = false;
+    config.train.max_steps = Some(4);
+    config.train.seed = 5;
+    config.train.members = 2;
+
+    // Interrupted at the second member's second step.
+    let run = RunDir::create(root.path(), Some("ensemble")).unwrap();
+    let mut opts = options();
+    let stop = opts.stop.clone();
+    let calls = Arc::new(Mutex::new(0u64));
+    let counted = calls.clone();
+    opts.observer = Some(Arc::new(move |_: &StepReport| {
+        let mut n = counted.lock().unwrap();
+        *n += 1;
+        if *n == 6 {
+            stop.store(true, Ordering::SeqCst);
+        }
+    }));
+    let out = train(&run, &config, &data, &opts).unwrap();
+    assert_eq!(
+        (out.reason, out.step, out.best),
+        (StopReason::Interrupted, 6, None)
+    );
+    let steps: Vec<(StopReason, u64)> = out.members.iter().map(|m| (m.reason, m.step)).collect();
+    assert_eq!(
+        steps,
+        [(StopReason::MaxSteps, 4), (StopReason::Interrupted, 2)]
+    );
+    assert!(!run.path().join(siamese_train::ENSEMBLE_FILE).exists());
+    let err = RunDir::best_models_in(run.path()).unwrap_err();
+    assert!(err.to_string().contains("member 2"), "{err}");
+
+    // Resumed as `--resume` does: the first member is kept, the second finishes.
+    let reopened = RunDir::open(run.path()).unwrap();
+    let saved = TrainConfig::load_json(&reopened.config_path()).unwrap();
+    assert_eq!(saved, config);
+    let out = train(&reopened, &saved, &data, &options()).unwrap();
+    assert_eq!(
+        (out.reason, out.step, out.steps_this_call),
+        (StopReason::MaxSteps, 8, 2)
+    );
+    let best = out.best.expect("the ensemble's validation");
+    assert!((0.0..=1.0).contains(&best.accuracy));
+    let record: siamese_train::EnsembleRecord = serde_json::from_str(
+        &std::fs::read_to_string(run.path().join(siamese_train::ENSEMBLE_FILE)).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record.validation.accuracy, best.accuracy);
+    assert_eq!(record.trials, config.data.validation_trials);
+    assert_eq!(record.correct as f64 / record.trials as f64, best.accuracy);
+    let seeds: Vec<u64> = record.members.iter().map(|m| m.seed).collect();
+    assert_eq!(seeds, [5, 6]);
+    let models = RunDir::best_models_in(run.path()).unwrap();
+    assert_eq!(
+        models,
+        [1, 2].map(|i| RunDir::best_model_in(&run.path().join(format!("member-{i}"))))
+    );
+
+    // Each member is the run of one network with its seed, step for step.
+    for (i, seed) in [(1, 5), (2, 6)] {
+        let mut one = config.clone();
+        one.train.members = 1;
+        one.train.seed = seed;
+        let alone = RunDir::create(root.path(), Some(&format!("alone-{seed}"))).unwrap();
+        train(&alone, &one, &data, &options()).unwrap();
+        let member = run.path().join(format!("member-{i}"));
+        assert_eq!(
+            train_losses(&member),
+            train_losses(alone.path()),
+            "member {i}"
+        );
+        assert_eq!(
+            weights(&member.join("last/model.safetensors")),
+            weights(&alone.last_dir().join("model.safetensors"))
+        );
+    }
+}
