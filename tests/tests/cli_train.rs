@@ -93,6 +93,31 @@ fn plot_draws_the_curves_of_run_folders() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("curves.png"), "{stdout}");
     assert!(std::fs::metadata(&out).unwrap().len() > 1000);
+    // An ensemble's folder draws its members; an empty member folder is named.
+    let ensemble = tmp.path().join("ens");
+    for member in ["member-1", "member-2"] {
+        std::fs::create_dir_all(ensemble.join(member)).unwrap();
+        std::fs::copy(
+            run.join("metrics.jsonl"),
+            ensemble.join(member).join("metrics.jsonl"),
+        )
+        .unwrap();
+    }
+    let (ok, _, stderr) = run_cli(&[
+        "plot",
+        ensemble.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    std::fs::create_dir_all(ensemble.join("member-3")).unwrap();
+    let (ok, _, stderr) = run_cli(&[
+        "plot",
+        ensemble.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("member-3"), "{stderr}");
     let missing = tmp.path().join("no-such-run");
     let (ok, _, stderr) = run_cli(&["plot", missing.to_str().unwrap()]);
     assert!(!ok);

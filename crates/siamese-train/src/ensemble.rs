@@ -50,6 +50,25 @@ impl RunDir {
         Ok(RunDir::at(path))
     }
 
+    /// The member folders of the ensemble run folder `dir` that exist, in order
+    /// (empty for another folder).
+    pub fn member_dirs_in(dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut members: Vec<(u32, PathBuf)> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?;
+                let n = name.strip_prefix(MEMBER_PREFIX)?.parse().ok()?;
+                Some((n, p))
+            })
+            .collect();
+        members.sort();
+        members.into_iter().map(|(_, p)| p).collect()
+    }
+
     /// The checkpoints that score for the run folder `dir`: its `best` network, or
     /// for an ensemble run each member's, in order. An ensemble with a member that
     /// has not finished training is an error that says what to do.
