@@ -17,6 +17,8 @@ use crate::model::{ModelArgs, Models, embed_all};
 
 /// Images per embedding batch.
 const EMBED_BATCH: usize = 128;
+/// Pairs per call of the head (bounds the gathered features' memory).
+const PAIR_BATCH: usize = 16_384;
 
 #[derive(Debug, Args)]
 pub struct CompareArgs {
@@ -138,11 +140,15 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
     let pairs: Vec<(usize, usize)> = (0..queries.len())
         .flat_map(|q| (0..ne).map(move |e| (ne + q, e)))
         .collect();
-    let logits: Vec<f32> = scorer
-        .score_pairs(&features, &pairs)?
-        .into_iter()
-        .map(|s| s as f32)
-        .collect();
+    let mut logits: Vec<f32> = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(PAIR_BATCH) {
+        logits.extend(
+            scorer
+                .score_pairs(&features, chunk)?
+                .into_iter()
+                .map(|s| s as f32),
+        );
+    }
 
     let mut out = std::io::stdout().lock();
     for (q, path) in args.query.iter().enumerate() {
