@@ -62,11 +62,41 @@ fn fetch_train_eval_classify() {
     eprintln!("eval: {}/{}", report["correct"], report["trials"]);
     assert_eq!(report["trials"], 400);
     assert_eq!(report["protocol"]["kind"], "lake-runs");
-    // Shift averaging is on by default, and the report says so.
+    // Shift averaging and the poses the network was trained with (the default
+    // preset's 4 quarter turns and mirror images, read from the checkpoint) are on
+    // by default, and the report says so.
     let method = report["method"].as_str().unwrap();
     assert!(
-        method.ends_with("(mean features over ±1 px shifts)"),
+        method.ends_with(
+            "(mean features over ±1 px shifts; mean logit over 8 poses: 4 quarter turns \
+             and their mirror images)"
+        ),
         "{method}"
+    );
+    let (ok, out, err) = run_cli(&[
+        "eval",
+        "--lake-runs",
+        "--data",
+        data_s,
+        "--model",
+        run.to_str().unwrap(),
+        "--tta-poses",
+        "none",
+        "--tta-shift",
+        "0",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(ok, "eval --tta-poses none failed: {err}");
+    let plain: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        plain["method"]
+            .as_str()
+            .unwrap()
+            .ends_with("model.safetensors"),
+        "{}",
+        plain["method"]
     );
     let acc = report["accuracy"].as_f64().unwrap();
     assert!(

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use siamese_data::GrayImage;
-use siamese_eval::{Embeddings, OneShotScorer, ensemble_scorer};
+use siamese_eval::{Embeddings, OneShotScorer, TestTimeViews, ensemble_scorer};
 use siamese_model::{SiameseNet, select_device};
+use siamese_train::TrainConfig;
 
 /// Where the scoring commands look for a model when `--model` is not given.
 pub const DEFAULT_RUN: &str = "runs/latest";
@@ -28,6 +29,18 @@ pub struct ModelArgs {
 pub struct Models {
     pub nets: Vec<SiameseNet>,
     pub paths: Vec<PathBuf>,
+    /// Each network's trained poses ([`TrainConfig::trained_poses`]), from its
+    /// checkpoint's provenance; none beyond the image itself when it has none.
+    pub trained_poses: Vec<TestTimeViews>,
+}
+
+/// Which poses `eval` scores each pair in (`--tta-poses`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TtaPoses {
+    /// Every pose all the networks were trained to tell apart.
+    Trained,
+    /// The images as they are.
+    None,
 }
 
 impl Models {
@@ -40,15 +53,26 @@ impl Models {
             paths.extend(resolve_model_paths(Some(given))?);
         }
         let device = select_device(&args.device)?;
-        let nets = paths
+        let (nets, trained_poses) = paths
             .iter()
             .map(|path| {
                 let (net, info) = SiameseNet::load(path, None, &device)
                     .with_context(|| format!("--model: loading {}", path.display()))?;
                 tracing::info!("loaded {} ({})", path.display(), info.config);
-                Ok(net.detach())
+                let poses = match TrainConfig::from_provenance(&info.provenance) {
+                    Some(config) => config.trained_poses(),
+                    None => {
+                        tracing::info!(
+                            "{}: no training configuration in the checkpoint, so no \
+                             test-time poses beyond the image itself",
+                            path.display()
+                        );
+                        TestTimeViews::NONE
+                    }
+                };
+                Ok((net.detach(), poses))
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect::<Result<(Vec<_>, Vec<_>)>>()?;
         if let Some(other) = nets
             .iter()
             .position(|n| n.config().input_size != nets[0].config().input_size)
@@ -62,7 +86,11 @@ impl Models {
                 nets[other].config().input_size
             );
         }
-        Ok(Models { nets, paths })
+        Ok(Models {
+            nets,
+            paths,
+            trained_poses,
+        })
     }
 
     /// The networks' input side.
@@ -83,9 +111,33 @@ impl Models {
         }
     }
 
-    /// The networks as one method, with `shift` pixels of test-time shifts (0: none).
-    pub fn scorer(&self, name: &str, shift: usize) -> Result<impl OneShotScorer + '_> {
-        Ok(ensemble_scorer(&self.nets, name, shift)?)
+    /// The test-time views for `shift` pixels of shifts and `poses`: with
+    /// [`TtaPoses::Trained`], the quarter turns and mirror images that every network
+    /// was trained with.
+    pub fn views(&self, shift: usize, poses: TtaPoses) -> TestTimeViews {
+        let poses = match poses {
+            TtaPoses::Trained => common_poses(&self.trained_poses),
+            TtaPoses::None => TestTimeViews::NONE,
+        };
+        TestTimeViews { shift, ..poses }
+    }
+
+    /// The networks as one method, looking at `views` of each image.
+    pub fn scorer(&self, name: &str, views: TestTimeViews) -> Result<impl OneShotScorer + '_> {
+        Ok(ensemble_scorer(&self.nets, name, views)?)
+    }
+}
+
+/// The poses that every network of `trained` learned: the fewest quarter turns, and
+/// mirror images only when all were trained with them.
+fn common_poses(trained: &[TestTimeViews]) -> TestTimeViews {
+    if trained.is_empty() {
+        return TestTimeViews::NONE;
+    }
+    TestTimeViews {
+        turns: trained.iter().map(|p| p.turns).min().unwrap_or(1),
+        mirror: trained.iter().all(|p| p.mirror),
+        ..TestTimeViews::NONE
     }
 }
 
@@ -129,4 +181,28 @@ pub fn resolve_model_paths(model: Option<&Path>) -> Result<Vec<PathBuf>> {
         );
     }
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ensemble_looks_at_the_poses_all_its_networks_learned() {
+        let poses = |turns, mirror| TestTimeViews {
+            turns,
+            mirror,
+            ..TestTimeViews::NONE
+        };
+        assert_eq!(common_poses(&[poses(4, true)]), poses(4, true));
+        assert_eq!(
+            common_poses(&[poses(4, true), poses(2, false)]),
+            poses(2, false)
+        );
+        assert_eq!(
+            common_poses(&[poses(3, true), poses(4, true)]),
+            poses(3, true)
+        );
+        assert_eq!(common_poses(&[]), TestTimeViews::NONE);
+    }
 }

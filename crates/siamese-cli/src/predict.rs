@@ -10,7 +10,7 @@ use serde::Serialize;
 use siamese_data::sample::NegativeFrom;
 use siamese_data::user_image::{Fit, load_user_image_with};
 use siamese_data::{GrayImage, OmniglotSet, Part, SplitName};
-use siamese_eval::{EvalOptions, OneShotScorer, sigmoid, verify};
+use siamese_eval::{EvalOptions, OneShotScorer, TestTimeViews, sigmoid, verify};
 
 use crate::data_source::DataSourceArgs;
 use crate::model::{ModelArgs, Models, embed_all};
@@ -87,7 +87,7 @@ pub fn compare(args: &CompareArgs) -> Result<()> {
     let size = models.input_size();
     let a = load_user_image_with(&args.a, size, args.fit)?;
     let b = load_user_image_with(&args.b, size, args.fit)?;
-    let scorer = models.scorer(&models.name(), 0)?;
+    let scorer = models.scorer(&models.name(), TestTimeViews::NONE)?;
     let features = scorer.embed(&[&a, &b])?;
     let logit = scorer.score_pairs(&features, &[(0, 1)])?[0] as f32;
     let p = sigmoid(f64::from(logit));
@@ -131,7 +131,7 @@ pub fn classify(args: &ClassifyArgs) -> Result<()> {
         .map(load)
         .collect::<Result<_>>()?;
     let queries: Vec<GrayImage> = args.query.iter().map(load).collect::<Result<_>>()?;
-    let scorer = models.scorer(&models.name(), 0)?;
+    let scorer = models.scorer(&models.name(), TestTimeViews::NONE)?;
     // Examples first, then queries, in one embedding; every (query, example) pair
     // through the head, row by query.
     let ne = examples.len();
@@ -207,7 +207,7 @@ pub fn run_verify(args: &VerifyArgs, progress: bool) -> Result<()> {
     } else {
         NegativeFrom::SameAlphabet
     };
-    let scorer = models.scorer(&models.name(), 0)?;
+    let scorer = models.scorer(&models.name(), TestTimeViews::NONE)?;
     let r = verify(
         &scorer,
         &val,

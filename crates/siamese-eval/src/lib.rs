@@ -60,7 +60,9 @@ pub use runner::{
 };
 pub use scorer::{CandleScorer, Embeddings, OneShotScorer};
 pub use sheet::{draw_sheet, pick_trials, save_sheet};
-pub use siamese::{adapt_batch_norm, ensemble_scorer, siamese_scorer, siamese_scorer_shifted};
+pub use siamese::{
+    TestTimeViews, adapt_batch_norm, ensemble_scorer, siamese_scorer, siamese_scorer_with_views,
+};
 pub use stats::{Z95, wilson_interval};
 pub use verify::{
     ThresholdAccuracy, VerifyReport, accuracy_at, best_threshold, fit_platt, pair_logits, sigmoid,

@@ -13,6 +13,7 @@ use siamese_data::SplitName;
 use siamese_data::augment::KochDistortion;
 use siamese_data::batch::{BatchSpec, ClassBatchSpec, PairBatchSpec, PairSource};
 use siamese_data::sample::{EpisodeSpec, NegativeFrom};
+use siamese_eval::TestTimeViews;
 use siamese_model::{Arch, InitScheme, ModelConfig};
 
 use crate::TrainError;
@@ -840,6 +841,30 @@ fn non_negative(x: f64) -> bool {
 }
 
 impl TrainConfig {
+    /// The configuration a checkpoint's network was trained with, from the
+    /// provenance the trainer stores in it (`None` when it holds none, or one this
+    /// version cannot read).
+    pub fn from_provenance(provenance: &serde_json::Value) -> Option<TrainConfig> {
+        let mut value = provenance.get("config")?.clone();
+        upgrade_flat_layout(&mut value);
+        from_value(value).ok()
+    }
+
+    /// The test-time poses this configuration's network learned to compare:
+    /// the episodes' quarter turns and mirror images, each a class of its own in
+    /// training ([`TestTimeViews`] without shifts); only the image as it is for the
+    /// pair objectives.
+    pub fn trained_poses(&self) -> TestTimeViews {
+        match self.train.objective {
+            Objective::Episodes(e) => TestTimeViews {
+                turns: e.rotations,
+                mirror: e.mirror,
+                ..TestTimeViews::NONE
+            },
+            Objective::Pairs(_) | Objective::AllPairs(_) => TestTimeViews::NONE,
+        }
+    }
+
     /// `self` with `settings` applied, each `PATH=VALUE` (`train.optimizer.adam.lr=3e-4`,
     /// `train.objective.episodes.way=30`, `train.lr_schedule={"cosine": {...}}`): the
     /// value is read as JSON, else taken as a string; it is merged over the
@@ -979,6 +1004,45 @@ fn merge(base: &mut serde_json::Value, overlay: serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkpoint_provenance_gives_the_poses_its_network_was_trained_with() {
+        let provenance = |c: &TrainConfig| serde_json::json!({"best": {}, "config": c});
+        let default = TrainConfig::default_preset();
+        let read = TrainConfig::from_provenance(&provenance(&default)).unwrap();
+        assert_eq!(read, default);
+        let poses = read.trained_poses();
+        assert_eq!((poses.shift, poses.turns, poses.mirror), (0, 4, true));
+        let paper = TrainConfig::paper();
+        let read = TrainConfig::from_provenance(&provenance(&paper)).unwrap();
+        assert_eq!(read.trained_poses(), TestTimeViews::NONE);
+        // Two turns without mirror images, as --set makes them.
+        let two = default
+            .with_settings(&[
+                "train.objective.episodes.rotations=2".into(),
+                "train.objective.episodes.mirror=false".into(),
+            ])
+            .unwrap();
+        let poses = TrainConfig::from_provenance(&provenance(&two))
+            .unwrap()
+            .trained_poses();
+        assert_eq!((poses.turns, poses.mirror), (2, false));
+        // The flat layout of older runs still reads: episodes without mirror images.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let legacy: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("legacy-default.json")).unwrap(),
+        )
+        .unwrap();
+        let old = TrainConfig::from_provenance(&serde_json::json!({ "config": legacy })).unwrap();
+        assert_eq!(
+            (old.trained_poses().turns, old.trained_poses().mirror),
+            (4, false)
+        );
+        // No configuration, or one this version cannot read: none.
+        assert_eq!(TrainConfig::from_provenance(&serde_json::Value::Null), None);
+        let bad = serde_json::json!({"config": {"model": "nonsense"}});
+        assert_eq!(TrainConfig::from_provenance(&bad), None);
+    }
 
     #[test]
     fn presets_are_valid_and_round_trip() {

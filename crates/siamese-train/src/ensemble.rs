@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use siamese_eval::{EvalOptions, KOCH_WAY, TrialSet, ensemble_scorer, evaluate};
+use siamese_eval::{EvalOptions, KOCH_WAY, TestTimeViews, TrialSet, ensemble_scorer, evaluate};
 use siamese_model::{SiameseNet, select_device};
 use tracing::info;
 
@@ -261,7 +261,7 @@ fn validate_ensemble(
         keep_trials: false,
         ..EvalOptions::default()
     };
-    let scorer = ensemble_scorer(&nets, "ensemble validation", 0)?;
+    let scorer = ensemble_scorer(&nets, "ensemble validation", TestTimeViews::NONE)?;
     let report = evaluate(&scorer, &trials, &options)?;
     let steps = outcomes.iter().map(|o| o.step).sum();
     info!(
