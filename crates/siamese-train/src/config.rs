@@ -847,7 +847,7 @@ impl TrainConfig {
     pub fn from_provenance(provenance: &serde_json::Value) -> Option<TrainConfig> {
         let mut value = provenance.get("config")?.clone();
         upgrade_flat_layout(&mut value);
-        from_value(value).ok()
+        from_value(value).ok().filter(|c| c.validate().is_ok())
     }
 
     /// The test-time poses this configuration's network learned to compare:
@@ -1042,6 +1042,9 @@ mod tests {
         assert_eq!(TrainConfig::from_provenance(&serde_json::Value::Null), None);
         let bad = serde_json::json!({"config": {"model": "nonsense"}});
         assert_eq!(TrainConfig::from_provenance(&bad), None);
+        let mut invalid = provenance(&default);
+        invalid["config"]["train"]["objective"]["episodes"]["rotations"] = 9.into();
+        assert_eq!(TrainConfig::from_provenance(&invalid), None);
     }
 
     #[test]
