@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use siamese_data::SplitName;
 use siamese_model::Arch;
-use siamese_train::{Preset, RunDir, TrainConfig, TrainData, TrainOptions, train};
+use siamese_train::{Keep, Preset, RunDir, TrainConfig, TrainData, TrainOptions, train};
 
 use crate::data_source::DataSourceArgs;
 
@@ -354,11 +354,15 @@ pub fn run(args: &TrainArgs, progress: bool) -> Result<()> {
     match outcome.best {
         Some(b) if outcome.members.is_empty() => writeln!(
             out,
-            "best      {:.2}% validation accuracy (95% CI {:.1}–{:.1}%) at step {}: {}",
+            "best      {:.2}% validation accuracy (95% CI {:.1}–{:.1}%) at step {}{}: {}",
             100.0 * b.accuracy,
             100.0 * b.ci95_low,
             100.0 * b.ci95_high,
             b.step,
+            match config.train.keep {
+                Keep::Final => " (the final weights: train.keep = final)",
+                Keep::BestValidation => "",
+            },
             models.join(", ")
         )?,
         Some(b) => writeln!(

@@ -302,6 +302,12 @@ pub struct TrainingConfig {
     /// network, in the run folder itself. Configurations without it: 1.
     #[serde(default = "one_member")]
     pub members: u32,
+    /// Which weights the run's `best/` checkpoint keeps: `best-validation` (those of
+    /// the validation with the highest accuracy) or `final` (those training ended
+    /// with, averaged when the run averages; every validation is still run and
+    /// recorded). Configurations without it: `best-validation`.
+    #[serde(default)]
+    pub keep: Keep,
     /// Seed of the initialisation, the samplers and the distortions.
     pub seed: u64,
     /// CPU threads (`null`: all cores).
@@ -339,7 +345,7 @@ impl TrainConfig {
     /// machine (timed before the run, [`crate::sizing`]; the count is saved in the
     /// run's configuration), an exponential moving average of the weights (decay
     /// 0.998) validated (Koch's 20-way within-alphabet trials on the validation
-    /// alphabets) every 500 episodes, keeping the best.
+    /// alphabets) every 500 episodes, keeping the final (averaged) weights.
     pub fn default_preset() -> Self {
         let base = TrainConfig::koch_all_pairs();
         TrainConfig {
@@ -375,6 +381,7 @@ impl TrainConfig {
                 max_minutes: Some(DEFAULT_MINUTES),
                 fit_steps_to_time: true,
                 weight_average: WeightAverage::Ema { decay: 0.998 },
+                keep: Keep::Final,
                 calibrate: true,
                 epochs: 1000,
                 steps_per_epoch: Some(500),
@@ -444,6 +451,7 @@ impl TrainConfig {
                 weight_average: WeightAverage::None,
                 calibrate: false,
                 members: 1,
+                keep: Keep::BestValidation,
                 seed: 0,
                 threads: None,
                 device: "auto".into(),
@@ -716,6 +724,19 @@ fn one_member() -> u32 {
     1
 }
 
+/// [`TrainingConfig::keep`]: which weights a run's `best/` checkpoint holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Keep {
+    /// The weights of the validation with the highest accuracy.
+    #[default]
+    BestValidation,
+    /// The weights training ended with. With a schedule that anneals to the end and
+    /// averaged weights, picking among validations on 1,000 trials mostly picks
+    /// noise (see the README, "Keeping the final weights").
+    Final,
+}
+
 fn koch_distortion_at(side: usize) -> KochDistortion {
     let shift = KochDistortion::PAPER.translate_x[1] * side as f64 / 105.0;
     KochDistortion {
@@ -926,6 +947,7 @@ impl TrainConfig {
         "train.checkpoint_every",
         "train.log_every",
         "train.eval_batch",
+        "train.keep",
         "train.threads",
         "train.device",
     ];
@@ -1057,6 +1079,16 @@ mod tests {
             assert_eq!(back, c);
             assert_eq!(p.name().parse::<Preset>().unwrap(), p);
         }
+        // The default (and so `long`) keeps its final averaged weights; the
+        // faithful presets keep their best validation's.
+        for p in Preset::ALL {
+            let keep = TrainConfig::preset(p).train.keep;
+            let expected = match p {
+                Preset::Default | Preset::Long => Keep::Final,
+                _ => Keep::BestValidation,
+            };
+            assert_eq!(keep, expected, "{}", p.name());
+        }
         let small = TrainConfig::small();
         assert_eq!(small.model, ModelConfig::new(Arch::Koch35));
         assert_eq!(small.model.input_size, 35);
@@ -1182,6 +1214,7 @@ mod tests {
                 then.train.fit_steps_to_time = false;
                 // `long` was one network for 120 minutes then.
                 then.train.members = 1;
+                then.train.keep = Keep::BestValidation;
                 if preset == Preset::Long {
                     then.train.max_minutes = Some(120.0);
                 }
@@ -1201,6 +1234,7 @@ mod tests {
             then.train.weight_average = now.weight_average;
             then.train.fit_steps_to_time = now.fit_steps_to_time;
             then.train.members = now.members;
+            then.train.keep = now.keep;
             if let (Objective::Episodes(e), Objective::Episodes(n)) =
                 (&mut then.train.objective, &now.objective)
             {

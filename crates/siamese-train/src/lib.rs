@@ -48,8 +48,8 @@ mod trainer;
 
 pub use average::{WeightAverage, WeightEma};
 pub use config::{
-    DEFAULT_INPUT_SIZE, DEFAULT_MINUTES, DataConfig, EpisodeObjective, LONG_MEMBERS, Objective,
-    Preset, TrainConfig, TrainingConfig,
+    DEFAULT_INPUT_SIZE, DEFAULT_MINUTES, DataConfig, EpisodeObjective, Keep, LONG_MEMBERS,
+    Objective, Preset, TrainConfig, TrainingConfig,
 };
 pub use data::TrainData;
 pub use ensemble::{ENSEMBLE_FILE, EnsembleRecord, MEMBER_PREFIX, MemberRecord};

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::TrainError;
 use crate::average::{WeightAverage, WeightEma};
-use crate::config::TrainConfig;
+use crate::config::{Keep, TrainConfig};
 use crate::data::{TrainData, batch_sampler};
 use crate::metrics::{MetricLine, MetricsLog, round3};
 use crate::plot::draw_plots;
@@ -255,7 +255,8 @@ struct Trainer<'a> {
     /// Training seconds of earlier invocations.
     seconds_before: f64,
     started: Instant,
-    last_validation_step: Option<u64>,
+    /// The latest validation (of this invocation or, when resuming, the run's).
+    last_validation: Option<BestScore>,
     bar: ProgressBar,
 }
 
@@ -349,11 +350,26 @@ impl<'a> Trainer<'a> {
             }),
         };
         let metrics = MetricsLog::open(&run.metrics_path(), state.step)?;
-        let last_validation_step = metrics
+        let last_validation = metrics
             .lines()
             .iter()
-            .filter(|l| matches!(l, MetricLine::Validation { .. }))
-            .map(MetricLine::step)
+            .filter_map(|l| match *l {
+                MetricLine::Validation {
+                    step,
+                    epoch,
+                    accuracy,
+                    ci95_low,
+                    ci95_high,
+                    ..
+                } => Some(BestScore {
+                    step,
+                    epoch,
+                    accuracy,
+                    ci95_low,
+                    ci95_high,
+                }),
+                MetricLine::Train { .. } => None,
+            })
             .next_back();
         let validation = TrialSet::koch(
             &data.validation,
@@ -399,7 +415,7 @@ impl<'a> Trainer<'a> {
             steps_per_epoch,
             total_steps,
             started: Instant::now(),
-            last_validation_step,
+            last_validation,
             bar,
         })
     }
@@ -450,7 +466,7 @@ impl<'a> Trainer<'a> {
         // Sums since the last train line of the metrics.
         let (mut loss_sum, mut loss_n, mut pairs, mut step_time) = (0.0f64, 0u64, 0usize, 0.0f64);
         let mut last_loss = None;
-        if t.validate_at_start && self.state.step == 0 && self.last_validation_step.is_none() {
+        if t.validate_at_start && self.state.step == 0 && self.last_validation.is_none() {
             self.validate()?;
         }
         let reason = loop {
@@ -552,8 +568,12 @@ impl<'a> Trainer<'a> {
             reason,
             StopReason::Epochs | StopReason::MaxSteps | StopReason::TimeLimit
         );
-        if budget && self.state.step > 0 && self.last_validation_step != Some(self.state.step) {
+        let validated_now = |v: &Option<BestScore>| v.is_some_and(|v| v.step == self.state.step);
+        if budget && self.state.step > 0 && !validated_now(&self.last_validation) {
             self.validate()?;
+        }
+        if t.keep == Keep::Final && reason != StopReason::Interrupted {
+            self.keep_final()?;
         }
         self.state.finished = Some(format!("{reason:?}"));
         self.save_last()?;
@@ -609,16 +629,17 @@ impl<'a> Trainer<'a> {
         self.state.validations_since_best = self.stopping.since_best;
         let new_best = verdict == Verdict::NewBest;
         let epoch = self.epoch_of(self.state.step.saturating_sub(1));
+        let score = BestScore {
+            step: self.state.step,
+            epoch,
+            accuracy: report.accuracy,
+            ci95_low: report.ci95_low,
+            ci95_high: report.ci95_high,
+        };
         if new_best {
-            self.state.best = Some(BestScore {
-                step: self.state.step,
-                epoch,
-                accuracy: report.accuracy,
-                ci95_low: report.ci95_low,
-                ci95_high: report.ci95_high,
-            });
+            self.state.best = Some(score);
         }
-        self.last_validation_step = Some(self.state.step);
+        self.last_validation = Some(score);
         self.metrics.append(MetricLine::Validation {
             step: self.state.step,
             epoch,
@@ -647,6 +668,32 @@ impl<'a> Trainer<'a> {
             let best = self.scored_net()?;
             self.save(&self.run.best_dir(), &best, None)?;
         }
+        Ok(())
+    }
+
+    /// `train.keep = final`: the weights training ended with (as the last validation
+    /// scored them) become `best`, unless they are that already.
+    fn keep_final(&mut self) -> Result<(), TrainError> {
+        let Some(last) = self.last_validation.filter(|v| v.step == self.state.step) else {
+            warn!("no validation of the final weights: `best` keeps the best validation's");
+            return Ok(());
+        };
+        if self.state.best.is_some_and(|b| b.step == last.step) {
+            return Ok(());
+        }
+        let net = self.scored_net()?;
+        self.save(&self.run.best_dir(), &net, None)?;
+        if let Some(best) = self.state.best {
+            info!(
+                "kept the final weights (step {}, validation accuracy {:.2}%) as `best`, as \
+                 train.keep = final asks; the best validation was {:.2}% at step {}",
+                last.step,
+                100.0 * last.accuracy,
+                100.0 * best.accuracy,
+                best.step
+            );
+        }
+        self.state.best = Some(last);
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use siamese_data::{Dataset, DatasetIndex, seeded_rng};
 use siamese_model::{Arch, ModelConfig};
 use siamese_train::metrics::{MetricLine, read_metrics};
 use siamese_train::{
-    AdamSettings, ClassBatchSpec, EpisodeObjective, LrSchedule, Objective, Optimizer,
+    AdamSettings, ClassBatchSpec, EpisodeObjective, Keep, LrSchedule, Objective, Optimizer,
     PairBatchSpec, PairSource, RunDir, SgdSchedule, StepReport, StopReason, TrainConfig, TrainData,
     TrainError, TrainOptions, TrainState, WeightAverage, train,
 };
@@ -314,6 +314,55 @@ fn best_keeps_the_averaged_weights() {
     assert_eq!(weights(&best_path), average);
     assert_ne!(weights(&run.last_dir().join("model.safetensors")), average);
     assert_eq!(evaluate_best(&best_path, &config, &data), best.accuracy);
+}
+
+/// `train.keep`: `best-validation` keeps the weights of the first validation with
+/// the highest accuracy; `final` the (averaged) weights training ended with, which
+/// are the `last` checkpoint's average and score what the last validation recorded.
+#[test]
+fn keep_final_keeps_the_weights_training_ended_with() {
+    let data = tiny_data();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = tiny_episodes_config();
+    config.train.weight_average = WeightAverage::Ema { decay: 0.9 };
+    config.train.calibrate = false;
+    config.train.validate_every = Some(1);
+    config.train.max_steps = Some(8);
+    config.data.validation_trials = 60;
+    let mut kept = Vec::new();
+    for keep in [Keep::BestValidation, Keep::Final] {
+        config.train.keep = keep;
+        let run = RunDir::create(root.path(), Some(&format!("{keep:?}"))).unwrap();
+        let out = train(&run, &config, &data, &options()).unwrap();
+        let validations: Vec<(u64, f64)> = read_metrics(&run.path().join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter_map(|l| match l {
+                MetricLine::Validation { step, accuracy, .. } => Some((step, accuracy)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(validations.len(), 8, "{keep:?}");
+        let top = validations.iter().map(|v| v.1).fold(f64::MIN, f64::max);
+        let first_top = validations.iter().find(|v| v.1 == top).unwrap().0;
+        let best = out.best.expect("validated");
+        assert_eq!(state(&run.last_dir()).best.unwrap().step, best.step);
+        let best_path = run.best_dir().join("model.safetensors");
+        match keep {
+            Keep::BestValidation => assert_eq!((best.step, best.accuracy), (first_top, top)),
+            Keep::Final => {
+                assert_eq!((best.step, best.accuracy), validations[7]);
+                let average = weights(&run.last_dir().join(siamese_train::run::AVERAGE_FILE));
+                assert_eq!(weights(&best_path), average);
+            }
+        }
+        assert_eq!(evaluate_best(&best_path, &config, &data), best.accuracy);
+        kept.push((best.step, weights(&best_path)));
+    }
+    // This seed's best validation is not its last, so the two rules keep different
+    // weights (the runs are otherwise identical).
+    assert_ne!(kept[0].0, kept[1].0);
+    assert_ne!(kept[0].1, kept[1].1);
 }
 
 /// Validation accuracy of the checkpoint at `path`, on the validation trials of
