@@ -294,6 +294,16 @@ fn weight_averaging_resumes_exactly() {
     resume_is_exact(config, 3);
 }
 
+/// The episodes run with averaged weights, no calibration, validated every
+/// `validate_every` steps.
+fn averaged_episodes_config(validate_every: u64) -> TrainConfig {
+    let mut config = tiny_episodes_config();
+    config.train.weight_average = WeightAverage::Ema { decay: 0.9 };
+    config.train.calibrate = false;
+    config.train.validate_every = Some(validate_every);
+    config
+}
+
 /// With weight averaging, validation scores the averaged weights and `best` keeps
 /// them: a best checkpoint from the last step is the `last` checkpoint's average, not
 /// its raw weights, and evaluates to the recorded validation accuracy.
@@ -301,10 +311,7 @@ fn weight_averaging_resumes_exactly() {
 fn best_keeps_the_averaged_weights() {
     let data = tiny_data();
     let root = tempfile::tempdir().unwrap();
-    let mut config = tiny_episodes_config();
-    config.train.weight_average = WeightAverage::Ema { decay: 0.9 };
-    config.train.calibrate = false;
-    config.train.validate_every = Some(6);
+    let config = averaged_episodes_config(6);
     let run = RunDir::create(root.path(), Some("ema")).unwrap();
     let out = train(&run, &config, &data, &options()).unwrap();
     let best = out.best.expect("validated");
@@ -323,10 +330,7 @@ fn best_keeps_the_averaged_weights() {
 fn keep_final_keeps_the_weights_training_ended_with() {
     let data = tiny_data();
     let root = tempfile::tempdir().unwrap();
-    let mut config = tiny_episodes_config();
-    config.train.weight_average = WeightAverage::Ema { decay: 0.9 };
-    config.train.calibrate = false;
-    config.train.validate_every = Some(1);
+    let mut config = averaged_episodes_config(1);
     config.train.max_steps = Some(8);
     config.data.validation_trials = 60;
     let mut kept = Vec::new();
