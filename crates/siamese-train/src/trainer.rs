@@ -568,8 +568,10 @@ impl<'a> Trainer<'a> {
             reason,
             StopReason::Epochs | StopReason::MaxSteps | StopReason::TimeLimit
         );
-        let validated_now = |v: &Option<BestScore>| v.is_some_and(|v| v.step == self.state.step);
-        if budget && self.state.step > 0 && !validated_now(&self.last_validation) {
+        let validated_now = self
+            .last_validation
+            .is_some_and(|v| v.step == self.state.step);
+        if budget && self.state.step > 0 && !validated_now {
             self.validate()?;
         }
         if t.keep == Keep::Final && reason != StopReason::Interrupted {
